@@ -1,0 +1,31 @@
+"""Reading scans, indexing datasets and splitting them by patient (part 1 of the pipeline)."""
+
+from medxfer.datasets.intensity import Window
+from medxfer.datasets.inventory import inspect_path, summarise
+from medxfer.datasets.reader import read_header, read_scan
+from medxfer.datasets.scan import Scan, UnreadableScanError
+from medxfer.datasets.sources import (
+    ManifestError,
+    ScanRecord,
+    ScanSet,
+    UnreadableFile,
+    UnreadableFilesError,
+    load_labelled,
+    load_scans,
+)
+from medxfer.datasets.splits import (
+    PatientLeakageError,
+    SplitError,
+    SplitWarning,
+    assign_splits,
+    check_no_leakage,
+    write_splits_csv,
+)
+from medxfer.datasets.volume import VOLUME_STRATEGIES, volume_to_2d
+
+__all__ = [
+    "Window", "inspect_path", "summarise", "read_header", "read_scan", "Scan", "UnreadableScanError",
+    "ManifestError", "ScanRecord", "ScanSet", "UnreadableFile", "UnreadableFilesError", "load_labelled",
+    "load_scans", "PatientLeakageError", "SplitError", "SplitWarning", "assign_splits", "check_no_leakage",
+    "write_splits_csv", "VOLUME_STRATEGIES", "volume_to_2d",
+]

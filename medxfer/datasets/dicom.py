@@ -1,0 +1,309 @@
+"""Reading DICOM radiographs: modality LUT -> VOI LUT or window -> one consistent polarity.
+
+The grayscale path follows the DICOM display pipeline (PS3.4 N.2): pydicom applies the modality
+LUT (rescale slope/intercept or Modality LUT Sequence) and the file's VOI LUT or window, and the
+result is mapped onto [0, 1] from the *output range of that VOI transform*, not from the image's
+own extremes, so that a film that is mostly dark stays mostly dark. Then MONOCHROME1 (bright =
+low values) and Presentation LUT Shape ``INVERSE`` are resolved to "air dark, bone bright" by
+inverting exactly once, whichever of the two (or both) the file declares.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi_lut,
+    apply_windowing,
+    get_decoder,
+    pixel_array,
+)
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
+from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key
+from medxfer.datasets.scan import Scan, UnreadableScanError
+
+PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Values bigger than this are not read when only the header is wanted (bytes).
+_HEADER_DEFER_BYTES = 4096
+# ITU-R BT.601 luma weights for RGB -> gray.
+_LUMA = np.array([0.299, 0.587, 0.114])
+# Far outside any stored range: where a window saturates, giving its output range.
+_PROBE = np.array([-1e15, 1e15])
+
+
+def _open(path: Path, *, header_only: bool) -> Dataset:
+    """Parse the file (the pixel data is deferred when ``header_only``), with pydicom's warnings
+    about a premature end of file turned into an error."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(
+                path, force=True, defer_size=_HEADER_DEFER_BYTES if header_only else None
+            )
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        detail = " ".join(str(exc).split())
+        raise UnreadableScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {detail})") from None
+    for warning in caught:
+        if "End of file reached" in str(warning.message):
+            raise UnreadableScanError(path, "truncated: the file ends inside its pixel data")
+    if len(ds) == 0:
+        raise UnreadableScanError(path, "not a DICOM file: no data elements could be parsed")
+    _ensure_transfer_syntax(ds)
+    return ds
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """A file without file meta (preamble-less) still needs a transfer syntax to decode pixels."""
+    meta = ds.file_meta
+    if meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = ds.original_encoding
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    return UID(ds.file_meta.TransferSyntaxUID)
+
+
+def _require_pixel_data(ds: Dataset, path: Path) -> None:
+    if not any(tag in ds for tag in PIXEL_TAGS):
+        sop = ds.get("SOPClassUID")
+        kind = UID(sop).name if sop else "object of unknown SOP class"
+        if "Rows" in ds or "Image Storage" in kind:
+            raise UnreadableScanError(
+                path, f"truncated: the header describes an image ({kind}) but the file ends before its pixel data"
+            )
+        raise UnreadableScanError(path, f"no pixel data: {kind} (not an image)")
+
+
+def _require_decoder(ds: Dataset, path: Path) -> None:
+    syntax = _transfer_syntax(ds)
+    if syntax.is_compressed:
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            raise UnreadableScanError(path, f"unsupported transfer syntax {syntax.name}") from None
+        if not decoder.is_available:
+            raise UnreadableScanError(
+                path,
+                f"compressed with {syntax.name} and no decoder is installed "
+                "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm)",
+            )
+
+
+def _check_native_length(ds: Dataset, path: Path) -> None:
+    """Header-only truncation check for uncompressed pixel data: declared vs present bytes."""
+    raw = ds._dict.get(0x7FE00010)
+    if _transfer_syntax(ds).is_compressed or raw is None or not hasattr(raw, "value_tell"):
+        return
+    if raw.length in (None, 0xFFFFFFFF):
+        return
+    if os.path.getsize(path) < raw.value_tell + raw.length:
+        raise UnreadableScanError(path, "truncated: the file ends inside its pixel data")
+    expected = (
+        int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * _frame_count(ds)
+        * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.get("BitsAllocated", 16) or 16)
+    ) // 8
+    if raw.length < expected:
+        raise UnreadableScanError(
+            path, f"pixel data holds {raw.length} bytes but its size tags need {expected}"
+        )
+
+
+def _frame_count(ds: Dataset) -> int:
+    try:
+        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, column) spacing in mm and the tag it came from; ``(None, None)`` when absent or zero.
+
+    PixelSpacing (calibrated at the patient) is preferred to ImagerPixelSpacing (at the detector).
+    Zero, negative or malformed values such as the ``0\\0`` some CR systems write count as absent.
+    """
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(tag)
+        try:
+            row, col = (float(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        if row > 0 and col > 0 and np.isfinite(row) and np.isfinite(col):
+            return (row, col), tag
+    return None, None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def dicom_meta(ds: Dataset) -> dict[str, Any]:
+    """Non-identifying metadata from a DICOM header (keys in ``medxfer.datasets.metadata``)."""
+    spacing, spacing_tag = pixel_spacing(ds)
+    sop = ds.get("SOPClassUID")
+    return {
+        "format": "dicom",
+        "modality": _text(ds, "Modality"),
+        "view": _text(ds, "ViewPosition"),
+        "sex": normalise_sex(ds.get("PatientSex")),
+        "age": parse_age(ds.get("PatientAge")),
+        "manufacturer": _text(ds, "Manufacturer"),
+        "site": _text(ds, "InstitutionName"),
+        "body_part": _text(ds, "BodyPartExamined"),
+        "pixel_spacing": spacing,
+        "pixel_spacing_tag": spacing_tag,
+        "photometric_interpretation": _text(ds, "PhotometricInterpretation"),
+        "bits_stored": int(ds.BitsStored) if ds.get("BitsStored") is not None else None,
+        "rows": int(ds.Rows) if ds.get("Rows") is not None else None,
+        "columns": int(ds.Columns) if ds.get("Columns") is not None else None,
+        "frames": _frame_count(ds),
+        "transfer_syntax": _transfer_syntax(ds).name,
+        "sop_class": UID(sop).name if sop else None,
+        "patient_key": patient_key(ds.get("PatientID")),
+    }
+
+
+def read_dicom_header(path: str | Path) -> dict[str, Any]:
+    """Metadata of a DICOM image without decoding its pixels.
+
+    Checks what can be checked cheaply: the file parses, holds pixel data, a decoder exists for
+    its transfer syntax, and uncompressed pixel data is as long as its size tags say. A corrupt
+    compressed stream is only found by decoding (``read_dicom``).
+    """
+    path = Path(path)
+    ds = _open(path, header_only=True)
+    _require_pixel_data(ds, path)
+    _require_decoder(ds, path)
+    _check_native_length(ds, path)
+    return dicom_meta(ds)
+
+
+def _decode(ds: Dataset, path: Path, frame: int | None) -> np.ndarray:
+    frames = _frame_count(ds)
+    if frame is not None and not 0 <= frame < frames:
+        raise UnreadableScanError(path, f"frame {frame} requested but the file has {frames} frame(s)")
+    try:
+        return pixel_array(ds, index=frame)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        # Decoders raise many types, and the Rust RLE decoder panics with a BaseException on some
+        # corrupt streams: each becomes one line for the user instead of ending a batch job.
+        detail = " ".join(str(exc).split())  # decoders' messages span lines; a reason is one line
+        raise UnreadableScanError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {detail})") from None
+
+
+def _color_to_gray(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
+    """RGB, YBR (pydicom has converted it to RGB) or palette colour to luma in [0, 1]."""
+    photometric = str(ds.PhotometricInterpretation)
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    else:
+        rgb, bits = arr, int(ds.BitsStored)
+    gray = rgb.astype(np.float64) @ _LUMA / (2**bits - 1)
+    return np.clip(gray, 0.0, 1.0), f"{photometric} to gray (BT.601 luma)"
+
+
+def _default_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
+    """The file's first VOI LUT or window, mapped to [0, 1] by that transform's output range.
+
+    pydicom returns values in the window's nominal output bit range (or the LUT's entries); the
+    range is read back by sending the transform values far outside it, so that the mapping to
+    [0, 1] stays exactly the file's (a hand-written copy of pydicom's range rules would drift).
+    """
+    if "VOILUTSequence" in ds:
+        item = ds.VOILUTSequence[0]
+        entries, first = int(item.LUTDescriptor[0]) or 2**16, int(item.LUTDescriptor[1])
+        table = apply_voi_lut(np.arange(first, first + entries), ds, prefer_lut=True)
+        lo, hi = float(table.min()), float(table.max())
+        out = apply_voi_lut(np.rint(values).astype(np.int64), ds, prefer_lut=True)
+        label = "file VOI LUT"
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        try:
+            lo, hi = (float(v) for v in apply_windowing(_PROBE.copy(), ds))
+            out = apply_windowing(values, ds)
+        except (ValueError, TypeError) as exc:
+            scaled, how = rescale_to_unit(values, "minmax")
+            return scaled, f"{how} (file window unusable: {exc})"
+        centers, widths = ds["WindowCenter"], ds["WindowWidth"]
+        center = centers.value[0] if centers.VM > 1 else centers.value
+        width = widths.value[0] if widths.VM > 1 else widths.value
+        label = f"file window center={float(center):g} width={float(width):g}"
+        function = ds.get("VOILUTFunction")
+        if function:
+            label += f" {function}"
+    else:
+        scaled, how = rescale_to_unit(values, "minmax")
+        return scaled, f"{how} (file has no window or VOI LUT)"
+    if hi == lo:
+        return np.zeros(values.shape, np.float32), f"{label} (constant output)"
+    return np.clip((out.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0), label
+
+
+def needs_inversion(ds: Dataset) -> bool:
+    """True when the stored polarity is bright-for-low-values: MONOCHROME1, or a Presentation
+    LUT Shape of INVERSE. Both mean the same inversion (DX requires INVERSE with MONOCHROME1),
+    so a file that declares both is inverted once, never twice."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    return photometric == "MONOCHROME1" or shape == "INVERSE"
+
+
+def read_dicom(path: str | Path, *, window: Window = "default", frame: int | None = None) -> Scan:
+    """Decode a DICOM image to a ``Scan`` with pixels in [0, 1], air dark and bone bright.
+
+    ``window``: ``"default"`` uses the file's first VOI LUT, else its first window, else min-max;
+    ``"minmax"``, ``"percentile"`` or ``(center, width)`` in modality units replace it.
+    ``frame``: index of one frame of a multi-frame object; ``None`` returns every frame, giving
+    (frames, H, W) pixels for a multi-frame object and (H, W) for a single-frame one.
+    """
+    path = Path(path)
+    window = parse_window(window)
+    ds = _open(path, header_only=False)
+    _require_pixel_data(ds, path)
+    _require_decoder(ds, path)
+    arr = _decode(ds, path, frame)
+    meta = dicom_meta(ds)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    inverted = False
+    if samples > 1 or photometric == "PALETTE COLOR":
+        gray, how = _color_to_gray(arr, ds)
+        if window != "default":
+            gray, how = rescale_to_unit(gray, window)
+    else:
+        values = apply_modality_lut(arr, ds).astype(np.float64)
+        if window == "default":
+            gray, how = _default_voi(values, ds)
+        else:
+            gray, how = rescale_to_unit(values, window)
+        inverted = needs_inversion(ds)
+        if inverted:
+            gray = 1.0 - gray
+    pixels = np.ascontiguousarray(gray, dtype=np.float32)
+    meta.update(
+        window=how,
+        inverted=inverted,
+        frame=frame,
+        shape=tuple(pixels.shape),
+    )
+    return Scan(pixels=pixels, meta=meta, path=path)

@@ -1,0 +1,122 @@
+"""Non-identifying metadata: the keys every reader fills, value normalisation, and patient pseudonyms.
+
+Keys a reader may set in ``Scan.meta`` (absent or ``None`` when unknown):
+
+=============================  ==============================================================
+``format``                     ``dicom``, ``nifti``, ``png``, ``jpeg`` or ``tiff``
+``modality``                   DICOM Modality (``CR``, ``DX``, ``CT``...)
+``view``                       view position (``PA``, ``AP``, ``LL``...)
+``sex``                        ``M``, ``F`` or ``O``
+``age``                        age in years (float; ``006M`` is 0.5)
+``manufacturer``               equipment manufacturer
+``site``                       institution name: the acquiring site, not the patient
+``body_part``                  body part examined
+``pixel_spacing``              (row, column) spacing in millimetres
+``photometric_interpretation``  as stored (``MONOCHROME1``, ``RGB``...)
+``bits_stored``                bits per stored sample
+``patient_key``                salted hash of the patient identifier, for grouping only
+=============================  ==============================================================
+
+The raw PatientName, PatientID, birth date and accession number are never copied anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from pathlib import Path
+
+SALT_ENV = "MEDXFER_SALT"
+KEY_HEX_CHARS = 16
+
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
+_DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12.0, "Y": 365.25}
+
+
+def parse_age(value: object) -> float | None:
+    """Age in years from a DICOM Age String (``045Y``, ``006M``, ``010W``, ``003D``) or a number.
+
+    Returns ``None`` for empty, malformed or implausible (negative, over 150) values.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        years = float(value)
+    else:
+        text = str(value).strip()
+        if not text:
+            return None
+        match = _AGE.match(text)
+        if match:
+            years = int(match.group(1)) * _DAYS_PER_UNIT[match.group(2).upper()] / 365.25
+        else:
+            try:
+                years = float(text)
+            except ValueError:
+                return None
+    if not 0.0 <= years <= 150.0 or years != years:
+        return None
+    return round(years, 3)
+
+
+def normalise_sex(value: object) -> str | None:
+    """``M``, ``F`` or ``O`` from DICOM PatientSex or common manifest spellings; ``None`` if unknown."""
+    if value is None:
+        return None
+    text = str(value).strip().upper()
+    if text in ("M", "MALE", "MAN"):
+        return "M"
+    if text in ("F", "FEMALE", "WOMAN", "W"):
+        return "F"
+    if text in ("O", "OTHER"):
+        return "O"
+    return None
+
+
+def _config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "medxfer"
+
+
+def pseudonym_salt() -> bytes:
+    """The secret salt for patient keys.
+
+    Taken from ``$MEDXFER_SALT`` when set (share it to compare keys across machines); otherwise a
+    random salt created once per user at ``$XDG_CONFIG_HOME/medxfer/pseudonym-salt`` (mode 0600).
+    A secret salt matters: hospital patient IDs are short and a public salt could be brute-forced.
+    """
+    env = os.environ.get(SALT_ENV)
+    if env:
+        return env.encode("utf-8")
+    path = _config_dir() / "pseudonym-salt"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    salt = secrets.token_hex(32).encode("ascii")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(salt)
+    return salt
+
+
+def patient_key(patient_id: object, salt: bytes | None = None) -> str | None:
+    """Pseudonymous, stable key for a patient identifier (HMAC-SHA256, 16 hex characters).
+
+    Returns ``None`` for a missing or blank identifier. Equal identifiers give equal keys under the
+    same salt; the identifier cannot be recovered from the key without the salt.
+    """
+    if patient_id is None:
+        return None
+    text = str(patient_id).strip()
+    if not text:
+        return None
+    digest = hmac.new(salt if salt is not None else pseudonym_salt(), text.encode("utf-8"), hashlib.sha256)
+    return "p" + digest.hexdigest()[:KEY_HEX_CHARS]

@@ -1,0 +1,138 @@
+"""Reading PNG, JPEG and TIFF images (display images: exports, screenshots, public datasets) with Pillow.
+
+- EXIF orientation is applied, so row 0 is the top of the image as a viewer shows it.
+- Grayscale is kept as stored: 1-bit, 8-bit (``L``) and 16-bit (``I;16``, ``I;16B``, and ``I``
+  with values in 0..65535). Colour (``RGB``, ``RGBA``, ``P``, ``LA``...) becomes gray with
+  Pillow's ITU-R BT.601 luma (L = 0.299 R + 0.587 G + 0.114 B); alpha is ignored.
+  32-bit samples (``F``, or ``I`` beyond 16 bits) are refused: they have no display range.
+- ``"default"`` window: the full range of the stored bit depth (value / 255 for 8-bit,
+  value / 65535 for 16-bit), because the file is already a display image whose contrast was
+  chosen when it was exported. Other windows go through ``rescale_to_unit``.
+- ``pixel_spacing`` is always ``None``: a DPI field is a print resolution that exporting software
+  fills with a default (72, 96, 300 dpi), not the detector pixel pitch, so it is not used.
+- A multi-page TIFF gives its first page; ``meta["pages"]`` says how many there are.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
+from medxfer.datasets.scan import Scan, UnreadableScanError
+
+_PILLOW_FORMATS = ("PNG", "JPEG", "TIFF")
+# Pillow format name -> meta["format"]; Pillow's JPEG opener returns "MPO" for a JPEG holding
+# several pictures (camera exports).
+_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# Bits per gray sample known from the mode alone; other modes are 8-bit. Mode I holds 16-bit
+# data only when its values fit, which the header cannot tell.
+_MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": None}
+
+
+def read_raster(path: Path, *, window: Window = "default") -> Scan:
+    """Read a PNG, JPEG or TIFF file into a ``Scan`` with float32 (H, W) pixels in [0, 1].
+
+    Raises ``UnreadableScanError`` for a missing, truncated, corrupt or unsupported file.
+    """
+    path = Path(path)
+    window = parse_window(window)
+    with _pillow_errors(path), _open(path) as image:
+        meta = _meta(path, image)
+        samples = _gray_samples(path, ImageOps.exif_transpose(image))
+    if window == "default":
+        full_scale = np.iinfo(samples.dtype).max
+        pixels = (samples / np.float32(full_scale)).astype(np.float32)
+        label = f"full range 0-{full_scale}"
+    else:
+        pixels, label = rescale_to_unit(samples, window)
+    bits = 1 if image.mode == "1" else samples.dtype.itemsize * 8
+    meta.update(bits_stored=bits, window=label, shape=pixels.shape)
+    return Scan(pixels=pixels, meta=meta, path=path)
+
+
+def read_raster_header(path: Path) -> dict[str, Any]:
+    """Metadata of a PNG, JPEG or TIFF file without decoding its pixels.
+
+    Runs Pillow's ``verify()``, which checks what the format allows without decoding (PNG chunk
+    checksums; JPEG and TIFF only their structure as far as parsed). ``shape`` is (H, W) after
+    EXIF orientation (for PNG, only an eXIf chunk placed before the image data is seen);
+    ``bits_stored`` is ``None`` for mode ``I``, whose range is only known from the pixels.
+    Raises ``UnreadableScanError``.
+    """
+    path = Path(path)
+    with _pillow_errors(path):
+        with _open(path) as image:
+            image.verify()  # Pillow allows it only right after open, and the image is unusable after
+        with _open(path) as image:
+            meta = _meta(path, image)
+            width, height = image.size
+            if _exif_orientation(image) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+    meta.update(bits_stored=_MODE_BITS.get(image.mode, 8), shape=(height, width))
+    return meta
+
+
+def _exif_orientation(image: Image.Image) -> int | None:
+    """EXIF orientation tag without decoding pixels (PNG ``getexif`` decodes to find a late eXIf)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return None
+    return image.getexif().get(_EXIF_ORIENTATION)
+
+
+@contextmanager
+def _pillow_errors(path: Path) -> Iterator[None]:
+    """Turn what Pillow and the OS raise into ``UnreadableScanError`` with a one-line reason."""
+    try:
+        yield
+    except UnreadableScanError:
+        raise
+    except FileNotFoundError:
+        raise UnreadableScanError(path, "file not found or not accessible") from None
+    except Image.UnidentifiedImageError:
+        raise UnreadableScanError(path, "not a PNG, JPEG or TIFF image Pillow can identify") from None
+    except Image.DecompressionBombError as exc:
+        raise UnreadableScanError(path, f"too large to decode safely: {exc}") from None
+    # Pillow reports damage as OSError ("image file is truncated"), SyntaxError ("broken PNG
+    # file"), ValueError, EOFError or struct.error depending on the plugin and where it is.
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableScanError(path, f"cannot be decoded: {reason}") from None
+
+
+def _open(path: Path) -> Image.Image:
+    return Image.open(path, formats=_PILLOW_FORMATS)
+
+
+def _meta(path: Path, image: Image.Image) -> dict[str, Any]:
+    """Meta known before decoding; refuses floating-point samples, which have no display range."""
+    if image.mode == "F":
+        raise UnreadableScanError(path, "32-bit floating-point samples (mode F) are not supported")
+    return {
+        "format": _FORMATS[image.format],
+        "mode": image.mode,
+        "pages": getattr(image, "n_frames", 1),
+        "pixel_spacing": None,
+        "modality": None,
+    }
+
+
+def _gray_samples(path: Path, image: Image.Image) -> np.ndarray:
+    """The first page as a (H, W) uint8 or uint16 array of gray values as stored."""
+    if image.mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)  # I;16B is big-endian: make it native
+    if image.mode == "I":
+        samples = np.asarray(image)
+        if samples.min() < 0 or samples.max() > np.iinfo(np.uint16).max:
+            raise UnreadableScanError(path, "32-bit integer samples outside 0..65535 are not supported")
+        return samples.astype(np.uint16)
+    # 1-bit becomes 0/255; colour modes go through Pillow's BT.601 luma; alpha is dropped.
+    return np.asarray(image.convert("L"))

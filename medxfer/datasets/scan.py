@@ -1,0 +1,43 @@
+"""The in-memory result of reading one file, and the error raised when a file cannot be read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class UnreadableScanError(ValueError):
+    """A file that cannot be turned into a scan; ``reason`` is one line a person understands."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """One decoded image or volume.
+
+    ``pixels`` is float32 in [0, 1], air dark and bone bright, shaped (H, W) for a
+    single image or (D, H, W) for a volume or multi-frame object (D slices or frames).
+    ``meta`` holds non-identifying metadata only (see ``medxfer.datasets.metadata``).
+    """
+
+    pixels: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixels.dtype != np.float32:
+            raise TypeError(f"Scan.pixels must be float32, got {self.pixels.dtype}")
+        if self.pixels.ndim not in (2, 3):
+            raise ValueError(f"Scan.pixels must be (H, W) or (D, H, W), got shape {self.pixels.shape}")
+
+    @property
+    def is_volume(self) -> bool:
+        """True when ``pixels`` holds several slices or frames, shaped (D, H, W)."""
+        return self.pixels.ndim == 3

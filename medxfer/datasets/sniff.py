@@ -1,0 +1,77 @@
+"""Finding a file's format from its first bytes, not its extension."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from pathlib import Path
+
+from medxfer.datasets.scan import UnreadableScanError
+
+FORMATS = ("dicom", "nifti", "png", "jpeg", "tiff")
+
+# Groups a dataset without the 128-byte preamble can start with: the file meta group, or the
+# first element of the main dataset (identifying/patient/study/image groups), little endian.
+_PREAMBLELESS_GROUPS = {0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
+
+
+def _looks_like_raw_dicom(head: bytes) -> bool:
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    if group not in _PREAMBLELESS_GROUPS or element > 0x0100:
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():  # explicit VR
+        return True
+    (length,) = struct.unpack("<I", head[4:8])  # implicit VR: a plausible element length
+    return length < 0x10000
+
+
+def _nifti_header(head: bytes) -> bool:
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            return head[344:348] in (b"n+1\x00", b"ni1\x00")
+        if len(head) >= 8 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            return head[4:8] in (b"n+2\x00", b"ni2\x00")
+    return False
+
+
+def sniff_format(path: str | Path) -> str:
+    """Return one of ``FORMATS`` for ``path``, judged from its content.
+
+    Raises ``UnreadableScanError`` for an empty file, a directory, or content that is none of them.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1024)
+    except IsADirectoryError:
+        raise UnreadableScanError(path, "is a directory, not a file") from None
+    except OSError as exc:
+        raise UnreadableScanError(path, f"cannot be opened: {exc.strerror or exc}") from None
+    if not head:
+        raise UnreadableScanError(path, "empty file (0 bytes)")
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if _nifti_header(head):
+        return "nifti"
+    if head.startswith(b"\x1f\x8b"):
+        try:
+            with gzip.open(path, "rb") as handle:
+                inner = handle.read(540)
+        except (OSError, EOFError, zlib.error):
+            raise UnreadableScanError(path, "gzip file that cannot be decompressed") from None
+        if _nifti_header(inner):
+            return "nifti"
+        raise UnreadableScanError(path, "gzip file that does not contain a NIfTI image")
+    if _looks_like_raw_dicom(head):
+        return "dicom"
+    raise UnreadableScanError(path, "unrecognised content: not DICOM, NIfTI, PNG, JPEG or TIFF")

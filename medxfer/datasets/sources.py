@@ -1,0 +1,280 @@
+"""Where scans come from: a folder of class subfolders, a CSV manifest, or an unlabelled folder.
+
+Every source becomes a ``ScanSet``: one ``ScanRecord`` per readable file (headers only, pixels
+are not decoded) and one ``UnreadableFile`` per file that could not be read, with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key
+from medxfer.datasets.reader import read_header, read_scan
+from medxfer.datasets.scan import UnreadableScanError
+
+LAYOUTS = ("auto", "classes", "manifest", "unlabelled")
+MANIFEST_NAME = "manifest.csv"
+SPLIT_NAMES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "tune": "val",
+    "test": "test", "testing": "test", "holdout": "test",
+}
+# Manifest columns that identify a patient directly: dropped on reading, never copied anywhere.
+IDENTIFYING_COLUMNS = frozenset({
+    "patient_name", "patientname", "name", "birth_date", "birthdate", "patient_birth_date",
+    "dob", "date_of_birth", "accession", "accession_number", "accessionnumber", "mrn",
+})
+
+
+class ManifestError(ValueError):
+    """A manifest whose structure is wrong (missing column, repeated path, unknown split)."""
+
+
+class UnreadableFilesError(ValueError):
+    """A labelled dataset with files that could not be read; ``unreadable`` lists every one."""
+
+    def __init__(self, unreadable: list[UnreadableFile]) -> None:
+        self.unreadable = unreadable
+        lines = "\n".join(f"  {item.path}: {item.reason}" for item in unreadable)
+        super().__init__(
+            f"{len(unreadable)} file(s) of the dataset cannot be read "
+            f"(pass skip_unreadable=True / --skip-unreadable to leave them out):\n{lines}"
+        )
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """One readable file: absolute ``path``, ``label`` (None when unlabelled), pseudonymous
+    ``patient_key`` (None when unknown), ``split`` (train/val/test or None) and ``meta``
+    (header metadata with manifest values overriding it)."""
+
+    path: Path
+    label: str | None = None
+    patient_key: str | None = None
+    split: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScanSet:
+    """The readable records and unreadable files of one source, and how it was interpreted."""
+
+    root: Path
+    layout: str
+    records: list[ScanRecord]
+    unreadable: list[UnreadableFile]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Sorted distinct labels (empty for an unlabelled set)."""
+        return tuple(sorted({r.label for r in self.records if r.label is not None}))
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the source's root, with POSIX separators (for CSV outputs)."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+
+def iter_files(root: Path) -> list[Path]:
+    """Every regular file below ``root``, sorted, skipping hidden files and folders."""
+    found = []
+    for path in root.rglob("*"):
+        parts = path.relative_to(root).parts
+        if any(part.startswith(".") for part in parts) or not path.is_file():
+            continue
+        found.append(path)
+    return sorted(found)
+
+
+def _probe(path: Path, decode: bool) -> dict[str, Any]:
+    """Header metadata of ``path``; with ``decode`` the whole image is decoded as a check."""
+    if decode:
+        return dict(read_scan(path).meta)
+    return read_header(path)
+
+
+def scan_headers(
+    paths: Iterable[Path], *, decode: bool = False
+) -> tuple[dict[Path, dict[str, Any]], list[UnreadableFile]]:
+    """Read the header of every path; never raises for a bad file, records it instead.
+
+    Memory stays flat whatever the number of files: pixels are not kept (with ``decode`` each
+    image is decoded and dropped before the next).
+    """
+    headers: dict[Path, dict[str, Any]] = {}
+    unreadable: list[UnreadableFile] = []
+    for path in paths:
+        try:
+            headers[path] = _probe(path, decode)
+        except UnreadableScanError as exc:
+            unreadable.append(UnreadableFile(path, exc.reason))
+        except Exception as exc:  # a bug or an exotic file must not end a scan of thousands
+            unreadable.append(UnreadableFile(path, f"unexpected error: {type(exc).__name__}: {exc}"))
+    return headers, unreadable
+
+
+def _record(path: Path, header: dict[str, Any], label: str | None) -> ScanRecord:
+    return ScanRecord(path=path, label=label, patient_key=header.get("patient_key"), meta=header)
+
+
+def from_class_folders(root: str | Path, *, decode: bool = False) -> ScanSet:
+    """A folder with one subfolder per class; every file below a subfolder has that label."""
+    root = Path(root)
+    labelled = [(path, path.relative_to(root).parts[0]) for path in iter_files(root)]
+    stray = {path for path, _ in labelled if path.parent == root}
+    headers, unreadable = scan_headers([p for p, _ in labelled if p not in stray], decode=decode)
+    unreadable += [UnreadableFile(p, "file beside the class folders, so it has no label") for p in sorted(stray)]
+    records = [_record(p, headers[p], label) for p, label in labelled if p in headers]
+    return ScanSet(root, "classes", records, sorted(unreadable, key=lambda u: u.path))
+
+
+def from_unlabelled_folder(root: str | Path, *, decode: bool = False) -> ScanSet:
+    """Every file below ``root`` (recursively), without labels: for inference and adaptation."""
+    root = Path(root)
+    files = iter_files(root)
+    headers, unreadable = scan_headers(files, decode=decode)
+    records = [_record(p, headers[p], None) for p in files if p in headers]
+    return ScanSet(root, "unlabelled", records, unreadable)
+
+
+def _normalise_split(value: str, where: str) -> str | None:
+    text = value.strip().lower()
+    if not text:
+        return None
+    if text not in SPLIT_NAMES:
+        raise ManifestError(f"{where}: unknown split {value!r} (use train, val or test)")
+    return SPLIT_NAMES[text]
+
+
+_MANIFEST_PARSERS: dict[str, Callable[[str], Any]] = {"sex": normalise_sex, "age": parse_age}
+
+
+def _manifest_meta(row: dict[str, str]) -> dict[str, Any]:
+    """Non-empty metadata columns of a manifest row; sex and age normalised like header values."""
+    meta = {}
+    for column, value in row.items():
+        if column in ("path", "label", "patient_id", "split") or value is None or not value.strip():
+            continue
+        parse = _MANIFEST_PARSERS.get(column)
+        meta[column] = parse(value) if parse else value.strip()
+    return meta
+
+
+def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
+    """Rows of a manifest with lower-cased column names; identifying columns are dropped."""
+    with open(manifest, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None:
+            raise ManifestError(f"{manifest}: empty manifest (no header row)")
+        columns = [name.strip().lower() for name in reader.fieldnames]
+        if "path" not in columns:
+            raise ManifestError(f"{manifest}: no 'path' column (columns: {', '.join(columns)})")
+        dropped = sorted(set(columns) & IDENTIFYING_COLUMNS)
+        if dropped:
+            warnings.warn(
+                f"{manifest}: identifying column(s) {', '.join(dropped)} ignored; "
+                "medxfer never copies names, birth dates or accession numbers",
+                stacklevel=3,
+            )
+        rows = []
+        for raw in reader:
+            row = {name: (raw.get(original) or "") for name, original in zip(columns, reader.fieldnames)}
+            rows.append({k: v for k, v in row.items() if k not in IDENTIFYING_COLUMNS})
+    return rows
+
+
+def from_manifest(manifest: str | Path, *, decode: bool = False) -> ScanSet:
+    """A CSV with ``path`` (relative to the manifest), optional ``label``, ``patient_id``,
+    ``split`` and any metadata columns (sex, age, site, view...), whose values override the
+    files' headers. ``patient_id`` is replaced by its pseudonymous key on reading."""
+    manifest = Path(manifest)
+    root = manifest.parent
+    rows = read_manifest_rows(manifest)
+    seen: dict[Path, int] = {}
+    entries = []
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        where = f"{manifest}, row {number}"
+        if not row["path"].strip():
+            raise ManifestError(f"{where}: empty path")
+        path = (root / row["path"].strip()).resolve()
+        if path in seen:
+            raise ManifestError(f"{where}: {row['path']} already listed on row {seen[path]}")
+        seen[path] = number
+        entries.append((path, row, _normalise_split(row.get("split", ""), where)))
+    present = [path for path, _, _ in entries if path.is_file()]
+    headers, unreadable = scan_headers(present, decode=decode)
+    unreadable += [UnreadableFile(p, "listed in the manifest but not found") for p, _, _ in entries if not p.is_file()]
+    records = []
+    for path, row, split in entries:
+        if path not in headers:
+            continue
+        meta = {**headers[path], **_manifest_meta(row)}
+        key = patient_key(row.get("patient_id")) or headers[path].get("patient_key")
+        records.append(ScanRecord(path, row.get("label", "").strip() or None, key, split, meta))
+    return ScanSet(root.resolve(), "manifest", records, sorted(unreadable, key=lambda u: u.path))
+
+
+def detect_layout(path: Path) -> str:
+    """``manifest`` for a .csv file or a folder holding ``manifest.csv``; ``classes`` for a folder
+    whose top level holds only subfolders (each a class); otherwise ``unlabelled``."""
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "manifest"
+        raise ValueError(f"{path}: a dataset is a folder or a .csv manifest, not a single file")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if (path / MANIFEST_NAME).is_file():
+        return "manifest"
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    if entries and all(p.is_dir() for p in entries):
+        return "classes"
+    return "unlabelled"
+
+
+def load_scans(path: str | Path, *, layout: str = "auto", decode: bool = False) -> ScanSet:
+    """Index a dataset from any source, recording unreadable files instead of failing."""
+    path = Path(path)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        layout = detect_layout(path)
+    if layout == "manifest":
+        return from_manifest(path / MANIFEST_NAME if path.is_dir() else path, decode=decode)
+    if layout == "classes":
+        return from_class_folders(path, decode=decode)
+    return from_unlabelled_folder(path, decode=decode)
+
+
+def load_labelled(path: str | Path, *, layout: str = "auto", skip_unreadable: bool = False) -> ScanSet:
+    """A labelled training set: every record must have a label, and unreadable files stop it
+    early, all listed at once, unless ``skip_unreadable`` (they stay listed in ``unreadable``)."""
+    scans = load_scans(path, layout=layout)
+    if scans.layout == "unlabelled":
+        raise ValueError(f"{path}: no labels found (give a folder of class subfolders or a manifest with a label column)")
+    missing = [r.path for r in scans.records if r.label is None]
+    if missing:
+        raise ManifestError(f"{path}: {len(missing)} file(s) have no label, e.g. {missing[0]}")
+    if scans.unreadable and not skip_unreadable:
+        raise UnreadableFilesError(scans.unreadable)
+    if len(scans.classes) < 2:
+        raise ValueError(f"{path}: a classifier needs at least two classes, found {list(scans.classes)}")
+    return scans
+
+
+def with_splits(scans: ScanSet, splits: list[str]) -> ScanSet:
+    """A copy of ``scans`` whose records carry the given split names (same order)."""
+    records = [replace(r, split=s) for r, s in zip(scans.records, splits, strict=True)]
+    return replace(scans, records=records)

@@ -1,0 +1,167 @@
+"""Patient-grouped, label-stratified train/val/test splits, the leakage check, and ``splits.csv``.
+
+A patient's images all land in one split, so a model is never tested on a patient it was trained
+on. The assignment depends only on the files' paths, labels and which files share a patient, not
+on the pseudonymous keys' values, so the same data and seed give the same split on any machine,
+whatever salt the keys were made with.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+from medxfer.datasets.sources import ScanRecord, ScanSet, with_splits
+from medxfer.files import atomic_write_text
+
+SPLITS = ("train", "val", "test")
+SPLITS_CSV_COLUMNS = ("path", "label", "split", "patient_key")
+
+
+class SplitWarning(UserWarning):
+    """Something about a split that a reviewer should know (no patient ids, no test split...)."""
+
+
+class SplitError(ValueError):
+    """The data cannot be split as asked (too few patients, a half-filled split column...)."""
+
+
+class PatientLeakageError(ValueError):
+    """A patient has images in more than one split."""
+
+
+def _group_ids(records: list[ScanRecord]) -> np.ndarray:
+    """Integer group per record: records sharing a patient key share a group; records without
+    a key are groups of their own. Numbered by first appearance in path order (salt-independent)."""
+    order = sorted(range(len(records)), key=lambda i: records[i].path.as_posix())
+    numbers: dict[object, int] = {}
+    groups = np.empty(len(records), dtype=np.int64)
+    for i in order:
+        key = records[i].patient_key if records[i].patient_key is not None else ("file", i)
+        groups[i] = numbers.setdefault(key, len(numbers))
+    return groups
+
+
+def _carve(
+    candidates: np.ndarray, groups: np.ndarray, labels: np.ndarray | None, fraction: float, seed: int, name: str
+) -> np.ndarray:
+    """Indices (a subset of ``candidates``) forming about ``fraction`` of them, whole patients only,
+    with label proportions kept (StratifiedGroupKFold: the first of round(1/fraction) folds)."""
+    if not 0.0 < fraction < 1.0:
+        raise SplitError(f"the {name} fraction must be between 0 and 1, got {fraction}")
+    n_groups = len(np.unique(groups[candidates]))
+    folds = max(2, round(1.0 / fraction))
+    if n_groups < folds:
+        raise SplitError(
+            f"only {n_groups} patient(s) to split: too few for a {fraction:.0%} {name} split "
+            f"(needs at least {folds})"
+        )
+    x = np.zeros(len(candidates))
+    if labels is None:
+        splitter = GroupShuffleSplit(n_splits=1, test_size=1.0 / folds, random_state=seed)
+        _, picked = next(splitter.split(x, groups=groups[candidates]))
+    else:
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # "least populated class" is reported by check below
+            warnings.simplefilter("ignore", UserWarning)
+            _, picked = next(splitter.split(x, labels[candidates], groups=groups[candidates]))
+    return candidates[np.sort(picked)]
+
+
+def check_no_leakage(records: list[ScanRecord]) -> None:
+    """Raise ``PatientLeakageError`` if any patient has images in two splits, naming them."""
+    splits_of: dict[str, set[str]] = defaultdict(set)
+    files_of: dict[str, list[Path]] = defaultdict(list)
+    for record in records:
+        if record.patient_key is not None and record.split is not None:
+            splits_of[record.patient_key].add(record.split)
+            files_of[record.patient_key].append(record.path)
+    leaked = sorted(key for key, splits in splits_of.items() if len(splits) > 1)
+    if leaked:
+        lines = [
+            f"  patient {key} in {', '.join(sorted(splits_of[key]))}: "
+            + ", ".join(str(p) for p in files_of[key][:4])
+            for key in leaked[:10]
+        ]
+        more = f"\n  ... and {len(leaked) - 10} more" if len(leaked) > 10 else ""
+        raise PatientLeakageError(
+            f"{len(leaked)} patient(s) have images in more than one split:\n" + "\n".join(lines) + more
+        )
+
+
+def assign_splits(
+    scans: ScanSet, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> ScanSet:
+    """Give every record a split, grouped by patient and stratified by label.
+
+    With no split column, test and then val are carved out by patient (actual fractions are
+    1/round(1/fraction) of what is split, e.g. 14.3% for 0.15). A split column present on every
+    record is honoured and checked for leakage; when it names no ``val``, val is carved out of
+    train by patient; when it names no ``test``, a ``SplitWarning`` says so.
+    """
+    records = scans.records
+    if not records:
+        raise SplitError(f"{scans.root}: no readable scans to split")
+    groups = _group_ids(records)
+    labels = np.array([r.label for r in records], dtype=object) if scans.classes else None
+    if all(r.patient_key is None for r in records):
+        warnings.warn(
+            f"{scans.root}: no patient ids (manifest patient_id column or DICOM PatientID); splitting "
+            "by file, so images of one patient may fall in different splits",
+            SplitWarning,
+            stacklevel=2,
+        )
+    given = [r.split for r in records]
+    if all(s is None for s in given):
+        split = np.array(["train"] * len(records), dtype=object)
+        test = _carve(np.arange(len(records)), groups, labels, test_fraction, seed, "test")
+        split[test] = "test"
+        rest = np.flatnonzero(split == "train")
+        val = _carve(rest, groups, labels, min(val_fraction / (1.0 - len(test) / len(records)), 0.5), seed, "val")
+        split[val] = "val"
+        return with_splits(scans, list(split))
+    blank = [r.path for r in records if r.split is None]
+    if blank:
+        raise SplitError(
+            f"{scans.root}: the split column is blank for {len(blank)} of {len(records)} file(s), "
+            f"e.g. {blank[0]}; fill it for every row or remove it"
+        )
+    check_no_leakage(records)
+    split = np.array(given, dtype=object)
+    if "val" not in given:
+        train = np.flatnonzero(split == "train")
+        if len(train) == 0:
+            raise SplitError(f"{scans.root}: the split column names no train or val files")
+        share = min(val_fraction * len(records) / len(train), 0.5)
+        split[_carve(train, groups, labels, share, seed, "val")] = "val"
+    if "test" not in given:
+        warnings.warn(f"{scans.root}: the split column names no test files", SplitWarning, stacklevel=2)
+    return with_splits(scans, list(split))
+
+
+def split_counts(scans: ScanSet) -> dict[str, dict[str, int]]:
+    """Images per split and label, e.g. ``{"train": {"normal": 40, "opacity": 38}, ...}``."""
+    counts: dict[str, dict[str, int]] = {}
+    for record in scans.records:
+        by_label = counts.setdefault(record.split or "none", {})
+        label = record.label if record.label is not None else "unlabelled"
+        by_label[label] = by_label.get(label, 0) + 1
+    return counts
+
+
+def write_splits_csv(scans: ScanSet, path: str | Path) -> Path:
+    """Write ``path,label,split,patient_key`` for every record (paths relative to the data root),
+    atomically, after checking for leakage. The patient key is the pseudonym, never the raw id."""
+    check_no_leakage(scans.records)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SPLITS_CSV_COLUMNS)
+    for record in sorted(scans.records, key=lambda r: r.path.as_posix()):
+        writer.writerow([scans.relative(record.path), record.label or "", record.split or "", record.patient_key or ""])
+    return atomic_write_text(path, buffer.getvalue())

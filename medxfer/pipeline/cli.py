@@ -1,0 +1,181 @@
+"""The ``medxfer`` command: one subcommand per step of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medxfer import __version__
+from medxfer.datasets import phantom
+from medxfer.datasets.inventory import inspect_path, summarise
+from medxfer.datasets.sources import LAYOUTS, ManifestError, UnreadableFilesError, load_labelled
+from medxfer.datasets.splits import PatientLeakageError, SplitError, assign_splits, split_counts, write_splits_csv
+
+DESCRIPTION = """\
+medxfer turns a small set of labelled scans (DICOM, NIfTI, PNG/JPEG/TIFF) into a classifier you
+can defend. Start with `medxfer inspect PATH` to see what is in a folder or manifest, then
+`medxfer split PATH` to split it by patient. `medxfer demo` runs everything on a synthetic cohort.
+"""
+
+EPILOG = """\
+A dataset PATH is one of:
+  a folder with one subfolder per class      data/normal/*.dcm, data/opacity/*.dcm
+  a CSV manifest (or a folder holding manifest.csv) with columns path,label and optionally
+      patient_id, split (train/val/test) and metadata such as sex, age, site, view
+  a folder of unlabelled scans, searched recursively (inspect only)
+Patient names, IDs, birth dates and accession numbers never appear in any output.
+"""
+
+MAX_ROWS = 8
+
+
+def _format_counts(counts: dict[str, int]) -> str:
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{name} {n}" for name, n in items[:MAX_ROWS])
+    if len(items) > MAX_ROWS:
+        text += f", ... {len(items) - MAX_ROWS} more"
+    return text or "-"
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    layouts = {"classes": "class folders", "manifest": "manifest", "unlabelled": "unlabelled folder"}
+    print(f"{summary['path']} (read as: {layouts[summary['layout']]})")
+    print(f"  files        {summary['files']} ({summary['readable']} readable, {len(summary['unreadable'])} unreadable)")
+    print(f"  format       {_format_counts(summary['by_format'])}")
+    print(f"  modality     {_format_counts(summary['by_modality'])}")
+    print(f"  photometric  {_format_counts(summary['by_photometric'])}")
+    print(f"  size         {_format_counts(summary['by_size'])}")
+    print(f"  patients     {summary['patients']} (pseudonymous keys)")
+    if "labels" in summary:
+        print(f"  labels       {_format_counts(summary['labels'])}")
+    if "splits" in summary:
+        print(f"  splits       {_format_counts(summary['splits'])}")
+    if summary["readable"]:
+        coverage = ", ".join(f"{k} {v}" for k, v in summary["coverage"].items())
+        print(f"  metadata     (files with a value, of {summary['readable']}) {coverage}")
+    if summary["unreadable"]:
+        print(f"unreadable files ({len(summary['unreadable'])}):")
+        for item in summary["unreadable"]:
+            print(f"  {item['path']}: {item['reason']}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    summary = inspect_path(args.path, layout=args.layout, decode=args.decode)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    scans = load_labelled(args.path, layout=args.layout, skip_unreadable=args.skip_unreadable)
+    scans = assign_splits(scans, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+    out = write_splits_csv(scans, args.out)
+    for split, by_label in sorted(split_counts(scans).items()):
+        patients = len({r.patient_key for r in scans.records if r.split == split})
+        print(f"  {split:<5} {sum(by_label.values()):>5} images, {patients:>4} patients: {_format_counts(by_label)}")
+    if scans.unreadable:
+        print(f"  skipped {len(scans.unreadable)} unreadable file(s); see `medxfer inspect {args.path}`")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    cohort = phantom.generate_cohort(args.out, n_patients=args.patients, seed=args.seed, n_volumes=args.volumes)
+    print(
+        f"wrote {cohort.n_images} radiographs of {cohort.n_patients} patients and "
+        f"{len(cohort.volumes)} NIfTI volumes to {cohort.root}; labels in {cohort.manifest}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    print(f"[1/3] generating a phantom cohort in {out / 'cohort'}")
+    cohort = phantom.generate_cohort(out / "cohort", n_patients=args.patients, seed=args.seed)
+    print(f"      {cohort.n_images} radiographs, {cohort.n_patients} patients, {len(cohort.volumes)} volumes")
+    print("[2/3] inspecting it")
+    _print_summary(inspect_path(cohort.manifest))
+    _print_summary(inspect_path(cohort.root / "volumes"))
+    print("[3/3] splitting it by patient")
+    scans = assign_splits(load_labelled(cohort.manifest), seed=args.seed)
+    written = write_splits_csv(scans, out / "splits.csv")
+    print(json.dumps({"splits": split_counts(scans)}, indent=2))
+    print(f"wrote {written}")
+    print("demo finished")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medxfer", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"medxfer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("inspect", help="count and check the scans in a folder or dataset",
+                       description="Read every file's header and report formats, modalities, sizes, labels, "
+                                   "metadata coverage and every unreadable file with its reason. Exits 0 when "
+                                   "the scan itself worked, even if some files are unreadable.")
+    p.add_argument("path", type=Path, help="folder of scans, class folders, or CSV manifest")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="how to read PATH (default: auto)")
+    p.add_argument("--decode", action="store_true",
+                   help="also decode every image (slower; finds corrupt compressed pixel data)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("split", help="split a labelled dataset by patient into train/val/test",
+                       description="Patient-grouped, label-stratified split (a split column in the manifest is "
+                                   "honoured); fails if a patient is in two splits. Writes splits.csv.")
+    p.add_argument("path", type=Path, help="class folders or CSV manifest")
+    p.add_argument("--out", type=Path, default=Path("splits.csv"), help="output CSV (default: splits.csv)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share for validation (default: 0.15)")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="share for test (default: 0.15)")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="how to read PATH (default: auto)")
+    p.add_argument("--skip-unreadable", action="store_true", help="leave unreadable files out instead of stopping")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("phantom", help="write a synthetic chest X-ray cohort (DICOM + NIfTI) for trying things out",
+                       description="Synthetic CR/DX chest radiographs from two simulated sites, two classes "
+                                   "(normal, opacity), a manifest.csv and a few NIfTI volumes. Deterministic.")
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--patients", type=int, default=80, help="number of patients (default: 80)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--volumes", type=int, default=3, help="number of NIfTI volumes (default: 3)")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("demo", help="run the whole pipeline offline on a phantom cohort",
+                       description="Generate a phantom cohort, inspect it and split it by patient.")
+    p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
+    p.add_argument("--patients", type=int, default=80, help="number of phantom patients (default: 80)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"medxfer: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 success, 1 a clear error about the data, 2 usage)."""
+    args = build_parser().parse_args(argv)
+    # Decoder failures are reported per file by medxfer; pydicom's own log of them is noise here.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except (UnreadableFilesError, ManifestError, SplitError, PatientLeakageError,
+            FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"medxfer {args.command}: error: {exc}", file=sys.stderr)
+        return 1

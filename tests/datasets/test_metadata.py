@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key, pseudonym_salt
+
+
+@pytest.mark.parametrize(
+    "value, years",
+    [("045Y", 45.0), ("006M", 0.5), ("010W", round(70 / 365.25, 3)), ("003D", round(3 / 365.25, 3)),
+     ("45", 45.0), (62, 62.0), (" 070Y ", 70.0)],
+)
+def test_age_strings_become_years(value, years):
+    assert parse_age(value) == pytest.approx(years)
+
+
+@pytest.mark.parametrize("value", [None, "", "abc", "045X", "200Y", -3])
+def test_malformed_or_implausible_ages_are_unknown(value):
+    assert parse_age(value) is None
+
+
+@pytest.mark.parametrize("value, sex", [("M", "M"), ("female", "F"), (" f ", "F"), ("O", "O"), ("", None), ("X", None)])
+def test_sex_is_normalised(value, sex):
+    assert normalise_sex(value) == sex
+
+
+def test_patient_key_is_stable_salted_and_hides_the_id():
+    key = patient_key("MRN-000123", salt=b"a")
+    assert key == patient_key(" MRN-000123 ", salt=b"a")
+    assert key != patient_key("MRN-000123", salt=b"b")
+    assert key != patient_key("MRN-000124", salt=b"a")
+    assert "000123" not in key and len(key) == 17
+    assert patient_key("", salt=b"a") is None and patient_key(None) is None
+
+
+def test_salt_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MEDXFER_SALT", "shared-secret")
+    assert pseudonym_salt() == b"shared-secret"
+    assert patient_key("123") == patient_key("123", salt=b"shared-secret")
+
+
+def test_without_environment_a_private_salt_is_created_once(monkeypatch, tmp_path):
+    monkeypatch.delenv("MEDXFER_SALT")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    first = pseudonym_salt()
+    salt_file = tmp_path / "medxfer" / "pseudonym-salt"
+    assert salt_file.read_bytes() == first and len(first) == 64
+    assert stat.S_IMODE(salt_file.stat().st_mode) == 0o600
+    assert pseudonym_salt() == first

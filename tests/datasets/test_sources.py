@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+
+from medxfer.datasets import dicom as dicom_module
+from medxfer.datasets import phantom
+from medxfer.datasets.sources import (
+    ManifestError,
+    UnreadableFilesError,
+    detect_layout,
+    load_labelled,
+    load_scans,
+)
+
+
+def write_image(path, *, patient_id="P1", sex="F", age="040Y", value=0.5):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return phantom.encode_dicom(
+        np.full((16, 16), value, np.float32), path,
+        patient={"PatientID": patient_id, "PatientName": "DOE^JANE", "PatientSex": sex, "PatientAge": age},
+    )
+
+
+def write_manifest(path, rows, columns=("path", "label", "patient_id")):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    return path
+
+
+def test_class_folders_give_labels_from_folder_names(tmp_path):
+    write_image(tmp_path / "normal" / "a.dcm")
+    write_image(tmp_path / "opacity" / "deeper" / "b.dcm", patient_id="P2")
+    scans = load_scans(tmp_path)
+    assert scans.layout == "classes"
+    assert {(r.path.name, r.label) for r in scans.records} == {("a.dcm", "normal"), ("b.dcm", "opacity")}
+    assert scans.classes == ("normal", "opacity")
+
+
+def test_file_beside_class_folders_is_recorded_without_a_label(tmp_path):
+    write_image(tmp_path / "normal" / "a.dcm")
+    write_image(tmp_path / "opacity" / "b.dcm")
+    write_image(tmp_path / "stray.dcm")
+    scans = load_scans(tmp_path, layout="classes")
+    assert [(u.path.name, u.reason) for u in scans.unreadable] == [("stray.dcm", "file beside the class folders, so it has no label")]
+
+
+def test_manifest_values_override_header_values_and_ids_are_pseudonymised(tmp_path):
+    write_image(tmp_path / "img" / "a.dcm", sex="F", age="040Y", patient_id="MRN-777")
+    manifest = write_manifest(
+        tmp_path / "labels.csv", [["img/a.dcm", "opacity", "MRN-777", "M", "41", "north"]],
+        columns=("path", "label", "patient_id", "sex", "age", "site"),
+    )
+    scans = load_scans(manifest)
+    (record,) = scans.records
+    assert record.label == "opacity"
+    assert record.meta["sex"] == "M" and record.meta["age"] == 41.0 and record.meta["site"] == "north"
+    assert record.patient_key.startswith("p")
+    assert "MRN-777" not in repr(scans)
+
+
+def test_manifest_patient_id_and_header_patient_id_give_the_same_key(tmp_path):
+    write_image(tmp_path / "a.dcm", patient_id="MRN-777")
+    write_image(tmp_path / "b.dcm", patient_id="MRN-777")
+    manifest = write_manifest(tmp_path / "m.csv", [["a.dcm", "x", "MRN-777"]], columns=("path", "label", "patient_id"))
+    with_id = load_scans(manifest).records[0].patient_key
+    header_only = load_scans(write_manifest(tmp_path / "n.csv", [["b.dcm", "x"]], columns=("path", "label"))).records[0]
+    assert with_id == header_only.patient_key
+
+
+def test_manifest_problems_name_the_row(tmp_path):
+    write_image(tmp_path / "a.dcm")
+    dup = write_manifest(tmp_path / "dup.csv", [["a.dcm", "x", "1"], ["./a.dcm", "y", "1"]])
+    with pytest.raises(ManifestError, match="row 3: ./a.dcm already listed on row 2"):
+        load_scans(dup)
+    bad_split = write_manifest(tmp_path / "split.csv", [["a.dcm", "x", "1", "holdin"]],
+                               columns=("path", "label", "patient_id", "split"))
+    with pytest.raises(ManifestError, match="row 2: unknown split 'holdin'"):
+        load_scans(bad_split)
+    no_path = write_manifest(tmp_path / "nopath.csv", [["a.dcm"]], columns=("file",))
+    with pytest.raises(ManifestError, match="no 'path' column"):
+        load_scans(no_path)
+
+
+def test_manifest_with_excel_bom_and_upper_case_columns_is_read(tmp_path):
+    write_image(tmp_path / "a.dcm")
+    (tmp_path / "m.csv").write_text("\ufeffPath,Label,Split\na.dcm,normal,Validation\n", encoding="utf-8")
+    (record,) = load_scans(tmp_path / "m.csv").records
+    assert record.label == "normal" and record.split == "val"
+
+
+def test_identifying_manifest_columns_are_dropped_with_a_warning(tmp_path):
+    write_image(tmp_path / "a.dcm")
+    manifest = write_manifest(tmp_path / "m.csv", [["a.dcm", "x", "Doe^Jane", "19700101"]],
+                              columns=("path", "label", "patient_name", "birth_date"))
+    with pytest.warns(UserWarning, match="birth_date, patient_name ignored"):
+        scans = load_scans(manifest)
+    assert "Doe^Jane" not in repr(scans) and "19700101" not in repr(scans)
+
+
+def test_missing_listed_file_is_recorded(tmp_path):
+    write_image(tmp_path / "a.dcm")
+    scans = load_scans(write_manifest(tmp_path / "m.csv", [["a.dcm", "x", "1"], ["gone.dcm", "y", "2"]]))
+    assert len(scans.records) == 1
+    assert [(u.path.name, u.reason) for u in scans.unreadable] == [("gone.dcm", "listed in the manifest but not found")]
+
+
+def test_unlabelled_folder_is_searched_recursively_and_skips_hidden_files(tmp_path):
+    write_image(tmp_path / "a" / "b" / "c.dcm")
+    write_image(tmp_path / "top.dcm")
+    write_image(tmp_path / ".cache" / "hidden.dcm")
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x01")
+    scans = load_scans(tmp_path)
+    assert scans.layout == "unlabelled"
+    assert sorted(r.path.name for r in scans.records) == ["c.dcm", "top.dcm"]
+    assert scans.unreadable == [] and all(r.label is None for r in scans.records)
+
+
+def test_layout_detection(tmp_path):
+    (tmp_path / "cls" / "a").mkdir(parents=True)
+    (tmp_path / "cls" / "b").mkdir()
+    (tmp_path / "man").mkdir()
+    (tmp_path / "man" / "manifest.csv").write_text("path,label\n")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.dcm").write_bytes(b"")
+    assert detect_layout(tmp_path / "cls") == "classes"
+    assert detect_layout(tmp_path / "man") == "manifest"
+    assert detect_layout(tmp_path / "man" / "manifest.csv") == "manifest"
+    assert detect_layout(tmp_path / "flat") == "unlabelled"
+    with pytest.raises(FileNotFoundError):
+        detect_layout(tmp_path / "nowhere")
+
+
+def test_labelled_set_with_unreadable_files_fails_early_listing_all(tmp_path):
+    write_image(tmp_path / "normal" / "a.dcm")
+    write_image(tmp_path / "opacity" / "b.dcm")
+    (tmp_path / "normal" / "empty.dcm").write_bytes(b"")
+    (tmp_path / "opacity" / "noise.dcm").write_bytes(np.random.default_rng(0).bytes(2000))
+    with pytest.raises(UnreadableFilesError) as caught:
+        load_labelled(tmp_path)
+    message = str(caught.value)
+    assert "empty.dcm: empty file" in message and "noise.dcm: unrecognised content" in message
+    assert len(caught.value.unreadable) == 2
+    scans = load_labelled(tmp_path, skip_unreadable=True)
+    assert len(scans.records) == 2 and len(scans.unreadable) == 2
+
+
+def test_labelled_set_needs_two_classes(tmp_path):
+    write_image(tmp_path / "normal" / "a.dcm")
+    with pytest.raises(ValueError, match="at least two classes"):
+        load_labelled(tmp_path)
+
+
+def test_scanning_a_folder_reads_headers_only(tmp_path, monkeypatch, cohort):
+    shutil.copytree(cohort.root / "images", tmp_path / "images")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("pixel data decoded during a folder scan")
+
+    monkeypatch.setattr(dicom_module, "pixel_array", no_decoding)
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(no_decoding))
+    scans = load_scans(tmp_path / "images")
+    assert len(scans.records) == cohort.n_images and scans.unreadable == []

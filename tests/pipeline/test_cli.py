@@ -1,0 +1,163 @@
+"""The ``medxfer`` command, run as a user would: mixed folders, broken files, privacy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from medxfer.pipeline.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medxfer", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, cohort):
+    """Real DICOMs (pydicom-data CR chest, MR, phantom) beside every kind of broken file."""
+    folder = tmp_path / "export"
+    (folder / "study").mkdir(parents=True)
+    shutil.copy(get_testdata_file("RG1_UNCR.dcm"), folder / "study" / "rg1.dcm")
+    shutil.copy(get_testdata_file("RG1_J2KR.dcm"), folder / "study" / "rg1_j2k")  # no extension
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
+    shutil.copy(next((cohort.root / "images").rglob("*.dcm")), folder / "phantom.dcm")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "looks_like.dcm", format="PNG")  # wrong extension
+    content = open(get_testdata_file("RG1_UNCR.dcm"), "rb").read()
+    broken = {
+        "empty.dcm": b"",
+        "truncated.dcm": content[: len(content) // 3],
+        "random.dcm": np.random.default_rng(1).bytes(5000),
+        "notes.txt": b"not an image\n",
+        "report.dcm": open(get_testdata_file("test-SR.dcm"), "rb").read(),
+        "header_only.dcm": content[:600],
+    }
+    for name, data in broken.items():
+        (folder / name).write_bytes(data)
+    return folder, set(broken)
+
+
+def test_inspect_json_names_every_broken_file_and_reads_the_rest(mixed_folder):
+    folder, broken = mixed_folder
+    result = run("inspect", str(folder), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["files"] == 11 and summary["readable"] == 5
+    reasons = {item["path"].rsplit("/", 1)[-1]: item["reason"] for item in summary["unreadable"]}
+    assert set(reasons) == broken
+    assert reasons["empty.dcm"] == "empty file (0 bytes)"
+    assert "truncated" in reasons["truncated.dcm"]
+    assert reasons["header_only.dcm"].startswith("truncated: the header describes an image")
+    assert "no pixel data" in reasons["report.dcm"] and "SR" in reasons["report.dcm"]
+    assert "unrecognised content" in reasons["random.dcm"]
+    assert summary["by_format"] == {"dicom": 4, "png": 1}
+    assert summary["by_modality"]["CR"] >= 2 and summary["by_modality"]["MR"] == 1
+
+
+def test_inspect_text_lists_unreadable_files_and_exits_zero(mixed_folder):
+    folder, broken = mixed_folder
+    result = run("inspect", str(folder))
+    assert result.returncode == 0
+    assert "11 (5 readable, 6 unreadable)" in result.stdout
+    for name in broken:
+        assert f"{name}: " in result.stdout
+
+
+def test_inspect_decode_finds_corrupt_pixel_data_that_headers_hide(tmp_path):
+    content = bytearray(open(get_testdata_file("MR_small_RLE.dcm"), "rb").read())
+    start = len(content) - 3000
+    content[start:start + 1000] = b"\x00" * 1000
+    (tmp_path / "corrupt.dcm").write_bytes(bytes(content))
+    shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "ok.dcm")
+    assert json.loads(run("inspect", str(tmp_path), "--json").stdout)["readable"] == 2
+    decoded = json.loads(run("inspect", str(tmp_path), "--json", "--decode").stdout)
+    assert decoded["readable"] == 1
+    assert "cannot be decoded" in decoded["unreadable"][0]["reason"]
+
+
+def test_inspect_dataset_reports_labels_patients_and_coverage(cohort, capsys):
+    assert main(["inspect", str(cohort.manifest), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["layout"] == "manifest"
+    assert summary["labels"] == cohort.label_counts
+    assert summary["patients"] == cohort.n_patients
+    assert summary["coverage"]["sex"] == summary["coverage"]["age"] == cohort.n_images
+    assert summary["by_photometric"].keys() == {"MONOCHROME1", "MONOCHROME2"}
+
+
+def test_no_output_contains_a_patient_name_or_id(cohort, tmp_path):
+    identifiers = set()
+    for path in (cohort.root / "images").rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        identifiers |= {str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate), str(ds.AccessionNumber)}
+    identifiers.discard("")
+    outputs = [
+        run("inspect", str(cohort.manifest)).stdout,
+        run("inspect", str(cohort.manifest), "--json").stdout,
+        run("inspect", str(cohort.root / "images")).stdout,
+    ]
+    split = run("split", str(cohort.manifest), "--out", str(tmp_path / "splits.csv"))
+    assert split.returncode == 0, split.stderr
+    outputs += [split.stdout, split.stderr, (tmp_path / "splits.csv").read_text()]
+    text = "\n".join(outputs)
+    assert len(identifiers) > 10
+    leaked = sorted(i for i in identifiers if i in text)
+    assert leaked == []
+
+
+def test_split_writes_splits_csv_with_every_file(cohort, tmp_path):
+    out = tmp_path / "splits.csv"
+    result = run("split", str(cohort.manifest), "--out", str(out), "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert len(rows) == cohort.n_images
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+
+
+def test_split_stops_on_unreadable_files_unless_asked_to_skip(tmp_path, cohort):
+    data = tmp_path / "data"
+    for label in ("normal", "opacity"):
+        (data / label).mkdir(parents=True)
+    for i, path in enumerate(sorted((cohort.root / "images").rglob("*.dcm"))):
+        shutil.copy(path, data / ("normal" if i % 2 else "opacity") / path.name)
+    (data / "normal" / "broken.dcm").write_bytes(b"\x00" * 10)
+    result = run("split", str(data), "--out", str(tmp_path / "s.csv"))
+    assert result.returncode == 1
+    assert "broken.dcm" in result.stderr and "--skip-unreadable" in result.stderr
+    assert not (tmp_path / "s.csv").exists()
+    result = run("split", str(data), "--out", str(tmp_path / "s.csv"), "--skip-unreadable")
+    assert result.returncode == 0 and "skipped 1 unreadable" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["inspect", "split", "phantom", "demo"])
+def test_every_subcommand_has_help(command):
+    result = run(command, "--help")
+    assert result.returncode == 0 and f"usage: medxfer {command}" in result.stdout
+
+
+def test_top_level_help_lists_subcommands_and_version():
+    result = run("--help")
+    for command in ("inspect", "split", "phantom", "demo"):
+        assert command in result.stdout
+    assert run("--version").stdout.strip().startswith("medxfer ")
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = run("demo", "--out", str(tmp_path / "demo"), "--patients", "20")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "demo" / "splits.csv").is_file()
+    assert "demo finished" in result.stdout
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    result = run("inspect", str(tmp_path / "nowhere"))
+    assert result.returncode == 1
+    assert "no such file or folder" in result.stderr and "Traceback" not in result.stderr
