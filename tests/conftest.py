@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def fixed_salt(monkeypatch):
-    monkeypatch.setenv("MEDXFER_SALT", "medxfer-tests")
+    monkeypatch.setenv("MEDXFER_SALT", "medxfer-tests-salt-0123456789")
 
 
 @pytest.fixture(scope="session")
@@ -16,5 +16,5 @@ def cohort(tmp_path_factory):
     from medxfer.datasets import phantom
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDXFER_SALT", "medxfer-tests")
+        patch.setenv("MEDXFER_SALT", "medxfer-tests-salt-0123456789")
         return phantom.generate_cohort(tmp_path_factory.mktemp("cohort"), n_patients=40, seed=1, n_volumes=2)

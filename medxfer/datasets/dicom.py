@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import (
     apply_color_lut,
     apply_modality_lut,
@@ -27,6 +28,7 @@ from pydicom.pixels import (
     get_decoder,
     pixel_array,
 )
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
@@ -42,6 +44,20 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 _PROBE = np.array([-1e15, 1e15])
 
 
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (decoders' and parsers' messages often span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence pydicom's value-validation warnings: their text quotes element values, which for
+    identifying elements (PatientID with a wrong VR...) would leak them to the user's terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _open(path: Path, *, header_only: bool) -> Dataset:
     """Parse the file (the pixel data is deferred when ``header_only``), with pydicom's warnings
     about a premature end of file turned into an error."""
@@ -51,9 +67,8 @@ def _open(path: Path, *, header_only: bool) -> Dataset:
             ds = pydicom.dcmread(
                 path, force=True, defer_size=_HEADER_DEFER_BYTES if header_only else None
             )
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
-        detail = " ".join(str(exc).split())
-        raise UnreadableScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {detail})") from None
+    except Exception as exc:  # pydicom raises many types on malformed input; each becomes a reason
+        raise UnreadableScanError(path, f"not a readable DICOM file ({_one_line(exc)})") from None
     for warning in caught:
         if "End of file reached" in str(warning.message):
             raise UnreadableScanError(path, "truncated: the file ends inside its pixel data")
@@ -74,14 +89,23 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
     )
 
 
-def _transfer_syntax(ds: Dataset) -> UID:
-    return UID(ds.file_meta.TransferSyntaxUID)
+def _transfer_syntax(ds: Dataset, path: Path | None = None) -> UID:
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    if not syntax.is_transfer_syntax:
+        raise UnreadableScanError(path or Path("?"), f"unknown transfer syntax {syntax}")
+    return syntax
+
+
+def _sop_class(ds: Dataset) -> str | None:
+    """Name of the SOP class, from the dataset or, for DICOMDIR and the like, its file meta."""
+    sop = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
+    uid = UID(str(sop)) if sop else None
+    return uid.name if uid is not None and uid.is_valid else None
 
 
 def _require_pixel_data(ds: Dataset, path: Path) -> None:
     if not any(tag in ds for tag in PIXEL_TAGS):
-        sop = ds.get("SOPClassUID")
-        kind = UID(sop).name if sop else "object of unknown SOP class"
+        kind = _sop_class(ds) or "object of unknown SOP class"
         if "Rows" in ds or "Image Storage" in kind:
             raise UnreadableScanError(
                 path, f"truncated: the header describes an image ({kind}) but the file ends before its pixel data"
@@ -90,7 +114,7 @@ def _require_pixel_data(ds: Dataset, path: Path) -> None:
 
 
 def _require_decoder(ds: Dataset, path: Path) -> None:
-    syntax = _transfer_syntax(ds)
+    syntax = _transfer_syntax(ds, path)
     if syntax.is_compressed:
         try:
             decoder = get_decoder(syntax)
@@ -113,10 +137,7 @@ def _check_native_length(ds: Dataset, path: Path) -> None:
         return
     if os.path.getsize(path) < raw.value_tell + raw.length:
         raise UnreadableScanError(path, "truncated: the file ends inside its pixel data")
-    expected = (
-        int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * _frame_count(ds)
-        * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.get("BitsAllocated", 16) or 16)
-    ) // 8
+    expected = get_expected_length(ds, unit="bytes")  # knows YBR_FULL_422 and bit-packed data
     if raw.length < expected:
         raise UnreadableScanError(
             path, f"pixel data holds {raw.length} bytes but its size tags need {expected}"
@@ -157,28 +178,69 @@ def _text(ds: Dataset, keyword: str) -> str | None:
 
 def dicom_meta(ds: Dataset) -> dict[str, Any]:
     """Non-identifying metadata from a DICOM header (keys in ``medxfer.datasets.metadata``)."""
-    spacing, spacing_tag = pixel_spacing(ds)
-    sop = ds.get("SOPClassUID")
-    return {
-        "format": "dicom",
-        "modality": _text(ds, "Modality"),
-        "view": _text(ds, "ViewPosition"),
-        "sex": normalise_sex(ds.get("PatientSex")),
-        "age": parse_age(ds.get("PatientAge")),
-        "manufacturer": _text(ds, "Manufacturer"),
-        "site": _text(ds, "InstitutionName"),
-        "body_part": _text(ds, "BodyPartExamined"),
-        "pixel_spacing": spacing,
-        "pixel_spacing_tag": spacing_tag,
-        "photometric_interpretation": _text(ds, "PhotometricInterpretation"),
-        "bits_stored": int(ds.BitsStored) if ds.get("BitsStored") is not None else None,
-        "rows": int(ds.Rows) if ds.get("Rows") is not None else None,
-        "columns": int(ds.Columns) if ds.get("Columns") is not None else None,
-        "frames": _frame_count(ds),
-        "transfer_syntax": _transfer_syntax(ds).name,
-        "sop_class": UID(sop).name if sop else None,
-        "patient_key": patient_key(ds.get("PatientID")),
-    }
+    with _quiet():
+        spacing, spacing_tag = pixel_spacing(frame_view(ds, 0))
+        return {
+            "format": "dicom",
+            "modality": _text(ds, "Modality"),
+            "view": _text(ds, "ViewPosition"),
+            "sex": normalise_sex(ds.get("PatientSex")),
+            "age": parse_age(ds.get("PatientAge")),
+            "manufacturer": _text(ds, "Manufacturer"),
+            "site": _text(ds, "InstitutionName"),
+            "body_part": _text(ds, "BodyPartExamined"),
+            "pixel_spacing": spacing,
+            "pixel_spacing_tag": spacing_tag,
+            "photometric_interpretation": _text(ds, "PhotometricInterpretation"),
+            "bits_stored": _integer(ds, "BitsStored"),
+            "rows": _integer(ds, "Rows"),
+            "columns": _integer(ds, "Columns"),
+            "frames": _frame_count(ds),
+            "transfer_syntax": _transfer_syntax(ds).name,
+            "sop_class": _sop_class(ds),
+            "patient_key": patient_key(ds.get("PatientID")),
+        }
+
+
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    return int(value) if value is not None else None
+
+
+# Functional groups of enhanced multi-frame objects (PS3.3 C.7.6.16) that hold what classic
+# objects keep at the top level: rescale, window and pixel spacing.
+_FUNCTIONAL_GROUPS = {
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+    "PixelMeasuresSequence": ("PixelSpacing",),
+}
+
+
+def has_functional_groups(ds: Dataset) -> bool:
+    """True for enhanced multi-frame objects (enhanced CT/MR/XA, breast tomosynthesis...)."""
+    return "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds
+
+
+def frame_view(ds: Dataset, index: int) -> Dataset:
+    """``ds`` itself for a classic object; for an enhanced one, a shallow copy whose top level
+    carries frame ``index``'s rescale, window and spacing (shared groups, then the frame's own),
+    so that pydicom's LUT functions, which read the top level, apply them. pydicom's
+    ``apply_modality_lut``/``apply_voi_lut`` do not look into functional groups themselves."""
+    if not has_functional_groups(ds):
+        return ds
+    view = ds.copy()
+    groups = list(ds.get("SharedFunctionalGroupsSequence") or [])[:1]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if index < len(per_frame):
+        groups.append(per_frame[index])
+    for group in groups:
+        for sequence, keywords in _FUNCTIONAL_GROUPS.items():
+            items = group.get(sequence)
+            if items:
+                for keyword in keywords:
+                    if keyword in items[0]:
+                        setattr(view, keyword, items[0][keyword].value)
+    return view
 
 
 def read_dicom_header(path: str | Path) -> dict[str, Any]:
@@ -207,8 +269,7 @@ def _decode(ds: Dataset, path: Path, frame: int | None) -> np.ndarray:
     except BaseException as exc:  # noqa: BLE001
         # Decoders raise many types, and the Rust RLE decoder panics with a BaseException on some
         # corrupt streams: each becomes one line for the user instead of ending a batch job.
-        detail = " ".join(str(exc).split())  # decoders' messages span lines; a reason is one line
-        raise UnreadableScanError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {detail})") from None
+        raise UnreadableScanError(path, f"pixel data cannot be decoded ({_one_line(exc)})") from None
 
 
 def _color_to_gray(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
@@ -268,6 +329,15 @@ def needs_inversion(ds: Dataset) -> bool:
     return photometric == "MONOCHROME1" or shape == "INVERSE"
 
 
+def _grayscale(arr: np.ndarray, ds: Dataset, window: Window) -> tuple[np.ndarray, str]:
+    """Modality LUT, then the file's VOI transform or the requested window, for one frame's
+    dataset view; [0, 1] output in the stored polarity."""
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    if window == "default":
+        return _default_voi(values, ds)
+    return rescale_to_unit(values, window)
+
+
 def read_dicom(path: str | Path, *, window: Window = "default", frame: int | None = None) -> Scan:
     """Decode a DICOM image to a ``Scan`` with pixels in [0, 1], air dark and bone bright.
 
@@ -275,6 +345,8 @@ def read_dicom(path: str | Path, *, window: Window = "default", frame: int | Non
     ``"minmax"``, ``"percentile"`` or ``(center, width)`` in modality units replace it.
     ``frame``: index of one frame of a multi-frame object; ``None`` returns every frame, giving
     (frames, H, W) pixels for a multi-frame object and (H, W) for a single-frame one.
+    Enhanced multi-frame objects get each frame's own rescale and window from their functional
+    groups.
     """
     path = Path(path)
     window = parse_window(window)
@@ -283,27 +355,24 @@ def read_dicom(path: str | Path, *, window: Window = "default", frame: int | Non
     _require_decoder(ds, path)
     arr = _decode(ds, path, frame)
     meta = dicom_meta(ds)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    inverted = False
-    if samples > 1 or photometric == "PALETTE COLOR":
+    is_color = int(ds.get("SamplesPerPixel", 1) or 1) > 1 or photometric == "PALETTE COLOR"
+    if is_color:
         gray, how = _color_to_gray(arr, ds)
         if window != "default":
             gray, how = rescale_to_unit(gray, window)
-    else:
-        values = apply_modality_lut(arr, ds).astype(np.float64)
+    elif has_functional_groups(ds) and frame is None and arr.ndim == 3:
         if window == "default":
-            gray, how = _default_voi(values, ds)
+            frames = [_grayscale(arr[i], frame_view(ds, i), window) for i in range(len(arr))]
+            gray, how = np.stack([f[0] for f in frames]), frames[0][1] + " (each frame its own)"
         else:
-            gray, how = rescale_to_unit(values, window)
-        inverted = needs_inversion(ds)
-        if inverted:
-            gray = 1.0 - gray
+            values = np.stack([apply_modality_lut(a, frame_view(ds, i)) for i, a in enumerate(arr)])
+            gray, how = rescale_to_unit(values.astype(np.float64), window)
+    else:
+        gray, how = _grayscale(arr, frame_view(ds, frame or 0), window)
+    inverted = not is_color and needs_inversion(ds)
+    if inverted:
+        gray = 1.0 - gray
     pixels = np.ascontiguousarray(gray, dtype=np.float32)
-    meta.update(
-        window=how,
-        inverted=inverted,
-        frame=frame,
-        shape=tuple(pixels.shape),
-    )
+    meta.update(window=how, inverted=inverted, frame=frame, shape=tuple(pixels.shape))
     return Scan(pixels=pixels, meta=meta, path=path)

@@ -27,9 +27,11 @@ import hmac
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path
 
 SALT_ENV = "MEDXFER_SALT"
+MIN_SALT_BYTES = 16
 KEY_HEX_CHARS = 16
 
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
@@ -87,24 +89,42 @@ def pseudonym_salt() -> bytes:
     Taken from ``$MEDXFER_SALT`` when set (share it to compare keys across machines); otherwise a
     random salt created once per user at ``$XDG_CONFIG_HOME/medxfer/pseudonym-salt`` (mode 0600).
     A secret salt matters: hospital patient IDs are short and a public salt could be brute-forced.
+    Raises ``ValueError`` for a salt shorter than ``MIN_SALT_BYTES``.
     """
     env = os.environ.get(SALT_ENV)
-    if env:
-        return env.encode("utf-8")
+    if env is not None:
+        return _checked(env.encode("utf-8"), f"${SALT_ENV}")
     path = _config_dir() / "pseudonym-salt"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    salt = secrets.token_hex(32).encode("ascii")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(salt)
+    if not path.exists():
+        _create_salt_file(path)
+    return _checked(path.read_bytes(), str(path))
+
+
+def _checked(salt: bytes, source: str) -> bytes:
+    if len(salt) < MIN_SALT_BYTES:
+        raise ValueError(
+            f"the pseudonym salt from {source} is {len(salt)} bytes; at least {MIN_SALT_BYTES} are needed "
+            "so that patient keys cannot be reversed by trying every ID"
+        )
     return salt
+
+
+def _create_salt_file(path: Path) -> None:
+    """Write a random salt completely to a private temporary file, then link it into place, so
+    that no process ever reads a half-written salt and concurrent first runs agree on one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".pseudonym-salt.", dir=path.parent)  # created with mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_hex(32).encode("ascii"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process won the race: keep its salt
+            pass
+    finally:
+        os.unlink(tmp)
 
 
 def patient_key(patient_id: object, salt: bytes | None = None) -> str | None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import operator
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -73,16 +74,20 @@ def read_nifti(path: Path, *, window: Window = "default", volume_index: int | No
     return Scan(pixels=pixels, meta=meta, path=path)
 
 
-def read_nifti_header(path: Path) -> dict[str, Any]:
+def read_nifti_header(path: Path, *, volume_index: int | None = None) -> dict[str, Any]:
     """Metadata of a NIfTI file from its header alone, without decoding the voxels.
 
     Returns the keys ``read_nifti`` sets except ``window``, ``nonfinite_voxels`` and
     ``volume_index``; ``shape`` is that of one volume as ``read_nifti`` would return it.
-    For uncompressed data, checks that the file holds vox_offset plus every voxel; compressed
-    data cannot be checked without decompressing it. Raises ``UnreadableScanError``.
+    Refuses what ``read_nifti`` refuses before decoding, with the same reason: in particular
+    a 4D or 5D file without ``volume_index``, or with one out of range, so that a header-only
+    check and a full read agree. For uncompressed data, checks that the file holds vox_offset
+    plus every voxel; compressed data cannot be checked without decompressing it.
+    Raises ``UnreadableScanError``.
     """
     path = Path(path)
     image = _load(path)
+    _checked_volume_index(path, image, volume_index)
     return _header_meta(image, _ras_orientation(path, image))
 
 
@@ -119,6 +124,7 @@ def _load(path: Path) -> nib.Nifti1Pair:
         # Nifti1Pair is the base of NIfTI-1/2 single files and pairs; nib.load also opens MGH, MINC...
         if not isinstance(image, nib.Nifti1Pair):
             raise UnreadableScanError(path, f"not a NIfTI file ({type(image).__name__})")
+        _check_header(path, image)
         data_file = Path(image.file_map["image"].filename)
         if data_file.suffix not in _COMPRESSED_SUFFIXES:  # compressed: size unknown until decompressed
             _check_complete(path, image, data_file.stat().st_size)
@@ -133,9 +139,23 @@ def _load_from_content(path: Path) -> nib.Nifti1Image:
     for klass in (nib.Nifti1Image, nib.Nifti2Image):
         if klass.header_class.may_contain_header(raw[: klass.header_class.sizeof_hdr]):
             image = klass.from_bytes(raw)
+            _check_header(path, image)
             _check_complete(path, image, len(raw))
             return image
     raise UnreadableScanError(path, "not a NIfTI file: no valid NIfTI-1 or NIfTI-2 header")
+
+
+def _check_header(path: Path, image: nib.Nifti1Pair) -> None:
+    """Refuse what nibabel accepts in a header but cannot turn into one gray value per voxel.
+
+    A zero or negative axis length (a damaged header), and RGB/RGBA voxels, which nibabel
+    stores as a structured dtype that ``get_fdata`` cannot convert (it raises ``TypeError``).
+    """
+    if any(n < 1 for n in image.shape):
+        raise UnreadableScanError(path, f"invalid NIfTI header: axis lengths {tuple(image.shape)} must all be at least 1")
+    if image.get_data_dtype().fields is not None:
+        kind = image.header.get_value_label("datatype")
+        raise UnreadableScanError(path, f"unsupported voxel type {kind}: only one value per voxel (grayscale) is read")
 
 
 def _check_complete(path: Path, image: nib.Nifti1Pair, stored: int) -> None:
@@ -153,8 +173,25 @@ def _check_complete(path: Path, image: nib.Nifti1Pair, stored: int) -> None:
 
 def _select_volume(path: Path, image: nib.Nifti1Pair, volume_index: int | None) -> nib.Nifti1Pair:
     """The image itself, or its volume ``volume_index`` when it has axes beyond the third."""
+    volume_index = _checked_volume_index(path, image, volume_index)
+    extra = image.shape[3:]
+    if not extra:
+        return image
+    # NIfTI stores volumes in Fortran order, so the 4th axis varies fastest.
+    index = tuple(int(i) for i in np.unravel_index(volume_index, extra, order="F"))
+    with _nibabel_errors(path):
+        return image.slicer[(slice(None),) * 3 + index]
+
+
+def _checked_volume_index(path: Path, image: nib.Nifti1Pair, volume_index: int | None) -> int:
+    """``volume_index`` (0 when ``None`` and the image holds one volume), refused when it picks none.
+
+    Shared by both readers so that they refuse the same files with the same reason.
+    """
     extra = image.shape[3:]
     count = math.prod(extra)
+    if volume_index is not None:
+        volume_index = operator.index(volume_index)  # numpy integers too; a float is a caller's bug
     if volume_index is None:
         if count > 1:
             raise UnreadableScanError(
@@ -165,12 +202,7 @@ def _select_volume(path: Path, image: nib.Nifti1Pair, volume_index: int | None) 
         raise UnreadableScanError(
             path, f"volume_index {volume_index} out of range: the image has {count} volume(s), 0..{count - 1}"
         )
-    if not extra:
-        return image
-    # NIfTI stores volumes in Fortran order, so the 4th axis varies fastest.
-    index = tuple(int(i) for i in np.unravel_index(volume_index, extra, order="F"))
-    with _nibabel_errors(path):
-        return image.slicer[(slice(None),) * 3 + index]
+    return volume_index
 
 
 def _ras_orientation(path: Path, image: nib.Nifti1Pair) -> np.ndarray:
@@ -179,7 +211,10 @@ def _ras_orientation(path: Path, image: nib.Nifti1Pair) -> np.ndarray:
     This is what ``nibabel.as_closest_canonical`` applies; computed here from the affine alone
     so that the header reader and a 2D image (which ``as_closest_canonical`` refuses) share it.
     """
-    ornt = nib.orientations.io_orientation(image.affine)
+    affine = image.affine
+    if not np.isfinite(affine).all():  # numpy's SVD would raise LinAlgError on it
+        raise UnreadableScanError(path, "affine has non-finite (NaN or infinite) values: orientation unknown")
+    ornt = nib.orientations.io_orientation(affine)
     if np.isnan(ornt).any():
         raise UnreadableScanError(path, "affine has a degenerate (zero) axis: orientation unknown")
     return ornt

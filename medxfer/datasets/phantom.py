@@ -3,12 +3,16 @@
 Everything here is deterministic for a seed and needs no network. ``generate_cohort`` writes a
 small multi-site cohort the way hospitals hand one over:
 
-- ``images/<site>/imgNNNNN.dcm``: Part-10 DICOM files, one per radiograph. The two sites differ as
-  real ones do (CR vs DX, MONOCHROME1 vs MONOCHROME2, 12 vs 14 bits, rescale slope/intercept,
-  ImagerPixelSpacing vs PixelSpacing, exposure, gamma, blur, noise, image size), while the label
-  is independent of site and view.
+- ``images/<site>/imgNNNNN.dcm``: Part-10 DICOM files, one per radiograph. The three sites differ
+  as real ones do (CR vs DX, MONOCHROME1 vs MONOCHROME2, MONOCHROME1 with Presentation LUT Shape
+  INVERSE on DX, 10 to 16 stored bits, rescale slope/intercept, ImagerPixelSpacing vs
+  PixelSpacing, exposure, gamma, blur, noise, image size), while the label is independent of site
+  and view.
 - ``manifest.csv``: ``path,label,patient_id`` (path relative to the manifest, sorted).
 - ``volumes/*.nii.gz``: small unlabelled 3D NIfTI chest volumes (LPS-oriented, 1.5 mm voxels).
+
+Every file is written atomically (a temporary file in the same folder, then a rename), so a reader
+never sees half a file and an interrupted run leaves none.
 
 The label is ``"normal"`` or ``"opacity"`` (patchy brighter blobs confined to the lung fields).
 Patient identifiers (name, ID, birth date, accession number) are synthetic but present in every
@@ -19,12 +23,15 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
@@ -35,6 +42,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 from scipy import ndimage
+
+from medxfer.files import atomic_write_bytes, atomic_write_text
 
 LABELS = ("normal", "opacity")
 
@@ -67,8 +76,9 @@ class SiteProfile:
     ``blur_sigma`` pixels, then signal-dependent noise of standard deviation about ``noise``
     (display units), clipped to [0, 1].
 
-    Encoding: ``bits_stored`` unsigned bits, modality LUT ``rescale_slope``/``rescale_intercept``,
-    ``window`` (center, width) in rescaled units or ``None`` for the full stored range, pixel
+    Encoding: unsigned stored bits drawn per image from ``bits_stored`` (one value, or several as
+    when a site runs readers of two generations), modality LUT ``rescale_slope`` and
+    ``rescale_intercept``, ``window`` (center, width) in rescaled units or ``None`` for the full stored range, pixel
     spacing written to ``spacing_tag`` and drawn uniformly from ``pixel_spacing_mm`` (low, high),
     image shape (rows, columns) drawn from ``image_sizes``.
     """
@@ -78,7 +88,7 @@ class SiteProfile:
     manufacturer: str
     modality: str
     photometric: str
-    bits_stored: int
+    bits_stored: tuple[int, ...]
     rescale_slope: float
     rescale_intercept: float
     window: tuple[float, float] | None
@@ -99,7 +109,7 @@ SITES: tuple[SiteProfile, ...] = (
         manufacturer="Halcyon Imaging Systems",
         modality="CR",
         photometric="MONOCHROME1",
-        bits_stored=12,
+        bits_stored=(10, 12),  # older and newer CR readers
         rescale_slope=1.0,
         rescale_intercept=0.0,
         window=None,
@@ -118,7 +128,7 @@ SITES: tuple[SiteProfile, ...] = (
         manufacturer="Vantor Medical",
         modality="DX",
         photometric="MONOCHROME2",
-        bits_stored=14,
+        bits_stored=(14,),
         rescale_slope=0.5,
         rescale_intercept=-1024.0,
         window=(3000.0, 6000.0),
@@ -130,6 +140,25 @@ SITES: tuple[SiteProfile, ...] = (
         gamma=1.25,
         noise=0.012,
         blur_sigma=1.1,
+    ),
+    SiteProfile(
+        name="site-c",
+        institution="Eastmere University Hospital",
+        manufacturer="Orrin Radiologic",
+        modality="DX",
+        photometric="MONOCHROME1",  # encode_dicom adds Presentation LUT Shape INVERSE, as DX requires
+        bits_stored=(16,),
+        rescale_slope=1.0,
+        rescale_intercept=-32768.0,
+        window=(0.0, 52000.0),
+        spacing_tag="ImagerPixelSpacing",
+        pixel_spacing_mm=(0.11, 0.15),
+        image_sizes=((256, 256), (288, 240), (240, 288), (272, 272)),
+        exposure=0.05,
+        contrast=0.9,
+        gamma=1.05,
+        noise=0.022,
+        blur_sigma=0.35,
     ),
 )
 
@@ -355,7 +384,8 @@ def encode_dicom(
     ``patient`` overrides the synthetic
     PatientName, PatientID, PatientBirthDate, AccessionNumber, PatientSex, PatientAge, ViewPosition
     and BodyPartExamined; ``extra`` sets any further keyword (InstitutionName, StudyDate...).
-    UIDs are derived from the content, so equal inputs give byte-identical files.
+    UIDs are derived from the content, so equal inputs give byte-identical files. The file is
+    written atomically (a temporary file in the same folder, then a rename).
     """
     display = np.asarray(display, dtype=np.float32)
     if display.ndim not in (2, 3):
@@ -428,10 +458,9 @@ def encode_dicom(
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- cohort
@@ -468,12 +497,13 @@ def _write_patient(rng: np.random.Generator, out_dir: Path, *, index: int, seed:
         study = first_study + dt.timedelta(days=days)
         shape = site.image_sizes[int(rng.integers(len(site.image_sizes)))]
         spacing = round(float(rng.uniform(*site.pixel_spacing_mm)), 3)
+        bits_stored = site.bits_stored[int(rng.integers(len(site.bits_stored)))]
         image_number = first_image + number
         relative = f"images/{site.name}/img{image_number:05d}.dcm"
         encode_dicom(
             render_chest(rng, label=label, shape=shape, site=site),
             out_dir / relative,
-            photometric=site.photometric, modality=site.modality, bits_stored=site.bits_stored,
+            photometric=site.photometric, modality=site.modality, bits_stored=bits_stored,
             rescale_slope=site.rescale_slope, rescale_intercept=site.rescale_intercept,
             window=site.window, pixel_spacing=(spacing, spacing), spacing_tag=site.spacing_tag,
             patient={
@@ -514,8 +544,9 @@ def _volume(rng: np.random.Generator, shape: tuple[int, int, int] = (48, 48, 24)
 
 
 def _write_volume(rng: np.random.Generator, path: Path) -> Path:
-    """Write one phantom volume as int16 NIfTI with scl_slope 2, scl_inter -1024 (HU) and an
-    LPS-oriented affine with 1.5 mm voxels centred on the origin."""
+    """Write one phantom volume as gzipped single-file int16 NIfTI with scl_slope 2, scl_inter
+    -1024 (HU) and an LPS-oriented affine with 1.5 mm voxels centred on the origin, atomically and
+    byte-identically for the same ``rng`` state (the gzip header carries no time or name)."""
     hu = _volume(rng)
     spacing = 1.5
     affine = np.diag([-spacing, -spacing, spacing, 1.0])
@@ -526,22 +557,26 @@ def _write_volume(rng: np.random.Generator, path: Path) -> Path:
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, path)
-    return path
+    return atomic_write_bytes(path, gzip.compress(image.to_bytes(), mtime=0))
 
 
 def generate_cohort(out_dir: str | Path, *, n_patients: int = 80, seed: int = 0, n_volumes: int = 3) -> CohortSummary:
-    """Write a deterministic two-site phantom cohort under ``out_dir`` and summarise it.
+    """Write a deterministic three-site phantom cohort under ``out_dir`` and summarise it.
 
     Each patient has one site, a sex, an age (18 to 90 years) and 1 to 3 images (follow-ups keep
     the patient's label with probability 0.8). Labels are balanced across patients and drawn
     independently of site and view. Same ``seed`` gives byte-identical files. Files already under
     ``out_dir`` are overwritten when their names match and left alone otherwise, so write into an
-    empty or new folder.
+    empty or new folder. Every file is written atomically.
+
+    Raises ``ValueError`` when ``n_patients`` is below 1, ``n_volumes`` below 0 or ``seed``
+    negative, and ``TypeError`` when one of them is not an integer.
     """
-    if n_patients < 1:
-        raise ValueError(f"n_patients must be at least 1, got {n_patients}")
+    for name, value, low in (("n_patients", n_patients, 1), ("n_volumes", n_volumes, 0), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be at least {low}, got {value}")
     root = Path(out_dir)
     seeds = np.random.SeedSequence(seed).spawn(n_patients + n_volumes + 1)
     assign = np.random.default_rng(seeds[0])
@@ -553,11 +588,11 @@ def generate_cohort(out_dir: str | Path, *, n_patients: int = 80, seed: int = 0,
                                site=SITES[sites[index]], base_label=LABELS[base_labels[index]],
                                first_image=len(rows))
     rows.sort()
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "label", "patient_id"])
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "label", "patient_id"])
+    writer.writerows(rows)
+    manifest = atomic_write_text(root / "manifest.csv", text.getvalue())
     volumes = tuple(
         _write_volume(np.random.default_rng(seed_seq), root / "volumes" / f"phantom-chest-{v:02d}.nii.gz")
         for v, seed_seq in enumerate(seeds[1 + n_patients:])

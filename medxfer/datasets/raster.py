@@ -1,6 +1,13 @@
 """Reading PNG, JPEG and TIFF images (display images: exports, screenshots, public datasets) with Pillow.
 
-- EXIF orientation is applied, so row 0 is the top of the image as a viewer shows it.
+- EXIF orientation is applied, so row 0 is the top of the image as a viewer shows it, whatever
+  the format. Pillow (13) applies the TIFF Orientation tag itself: ``size`` is already the
+  displayed size right after opening (while ``getexif()`` still holds the tag), and loading
+  rotates the pixels and then drops the tag. Pillow does not do this for PNG or JPEG, so
+  ``ImageOps.exif_transpose`` after loading applies the orientation exactly once either way.
+  Files are opened from a file object rather than a path: for an uncompressed single-strip TIFF
+  with orientation 5-8, Pillow's memory-mapped fast path (used only for paths) maps the stored
+  bytes with the already-swapped size, which scrambles the pixels.
 - Grayscale is kept as stored: 1-bit, 8-bit (``L``) and 16-bit (``I;16``, ``I;16B``, and ``I``
   with values in 0..65535). Colour (``RGB``, ``RGBA``, ``P``, ``LA``...) becomes gray with
   Pillow's ITU-R BT.601 luma (L = 0.299 R + 0.587 G + 0.114 B); alpha is ignored.
@@ -32,6 +39,7 @@ _PILLOW_FORMATS = ("PNG", "JPEG", "TIFF")
 # several pictures (camera exports).
 _FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
 _EXIF_ORIENTATION = 0x0112
+_TIFF_IMAGE_WIDTH, _TIFF_IMAGE_LENGTH = 256, 257
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # Bits per gray sample known from the mode alone; other modes are 8-bit. Mode I holds 16-bit
 # data only when its values fit, which the header cannot tell.
@@ -74,11 +82,29 @@ def read_raster_header(path: Path) -> dict[str, Any]:
             image.verify()  # Pillow allows it only right after open, and the image is unusable after
         with _open(path) as image:
             meta = _meta(path, image)
-            width, height = image.size
-            if _exif_orientation(image) in _TRANSPOSING_ORIENTATIONS:
-                width, height = height, width
+            width, height = _displayed_size(image)
     meta.update(bits_stored=_MODE_BITS.get(image.mode, 8), shape=(height, width))
     return meta
+
+
+def _displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from an opened but not yet loaded image."""
+    width, height = image.size
+    if _exif_orientation(image) in _TRANSPOSING_ORIENTATIONS and not _size_already_oriented(image):
+        width, height = height, width
+    return width, height
+
+
+def _size_already_oriented(image: Image.Image) -> bool:
+    """Whether Pillow reports a TIFF's ``size`` with its orientation already applied (Pillow 13 does).
+
+    Told from the stored ImageWidth/ImageLength tags rather than Pillow's version: ``size``
+    differs from them only when Pillow has swapped it.
+    """
+    if image.format != "TIFF":
+        return False
+    stored = (image.tag_v2.get(_TIFF_IMAGE_WIDTH), image.tag_v2.get(_TIFF_IMAGE_LENGTH))
+    return image.size != stored
 
 
 def _exif_orientation(image: Image.Image) -> int | None:
@@ -102,14 +128,26 @@ def _pillow_errors(path: Path) -> Iterator[None]:
     except Image.DecompressionBombError as exc:
         raise UnreadableScanError(path, f"too large to decode safely: {exc}") from None
     # Pillow reports damage as OSError ("image file is truncated"), SyntaxError ("broken PNG
-    # file"), ValueError, EOFError or struct.error depending on the plugin and where it is.
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnreadableScanError(path, f"cannot be decoded: {reason}") from None
+    # file"), ValueError, EOFError or struct.error depending on the plugin and where it is; its
+    # TIFF plugin also raises TypeError ("Missing dimensions") for a missing ImageWidth tag and
+    # KeyError for an unknown Compression value when it reaches a later page (counting pages);
+    # on the first page Image.open turns them into UnidentifiedImageError.
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError) as exc:
+        raise UnreadableScanError(path, f"cannot be decoded: {_first_line(exc)}") from None
+    except LookupError as exc:  # the message is only the key or index: name the error
+        raise UnreadableScanError(path, f"cannot be decoded: {type(exc).__name__} {_first_line(exc)}") from None
 
 
-def _open(path: Path) -> Image.Image:
-    return Image.open(path, formats=_PILLOW_FORMATS)
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[Image.Image]:
+    """The image opened from a file object, so Pillow never memory-maps it (see module docstring)."""
+    with path.open("rb") as file, Image.open(file, formats=_PILLOW_FORMATS) as image:
+        yield image
 
 
 def _meta(path: Path, image: Image.Image) -> dict[str, Any]:

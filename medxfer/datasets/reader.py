@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medxfer.datasets.dicom import read_dicom, read_dicom_header
-from medxfer.datasets.intensity import Window
+from medxfer.datasets.intensity import Window, parse_window
 from medxfer.datasets.nifti import read_nifti, read_nifti_header
 from medxfer.datasets.raster import read_raster, read_raster_header
 from medxfer.datasets.scan import Scan, UnreadableScanError
 from medxfer.datasets.sniff import sniff_format
+
+T = TypeVar("T")
+
+
+def _guarded(path: Path, read: Callable[[], T]) -> T:
+    """Run ``read``; any failure that is not already an ``UnreadableScanError`` becomes one naming
+    ``path``, so callers handle one exception type whatever library failed underneath."""
+    try:
+        return read()
+    except (UnreadableScanError, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - also Rust decoder panics, which are BaseExceptions
+        raise UnreadableScanError(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def read_scan(
@@ -25,29 +39,34 @@ def read_scan(
     ``window`` (all formats): ``"default"``, ``"minmax"``, ``"percentile"`` or ``(center, width)``;
     ``frame`` (DICOM): one frame of a multi-frame object, ``None`` for all;
     ``volume_index`` (NIfTI): the volume of a 4D image, required for 4D.
-    Raises ``UnreadableScanError`` naming the file and the reason.
+    Raises ``UnreadableScanError`` naming the file and the reason, and no other exception for a
+    bad file (a bad argument, such as an unknown window, is a ``ValueError``).
     """
     path = Path(path)
+    window = parse_window(window)
     kind = sniff_format(path)
     if kind == "dicom":
-        return read_dicom(path, window=window, frame=frame)
+        return _guarded(path, lambda: read_dicom(path, window=window, frame=frame))
     if kind == "nifti":
-        return read_nifti(path, window=window, volume_index=volume_index)
-    return read_raster(path, window=window)
+        return _guarded(path, lambda: read_nifti(path, window=window, volume_index=volume_index))
+    return _guarded(path, lambda: read_raster(path, window=window))
+
+
+_HEADER_READERS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "dicom": read_dicom_header,
+    "nifti": read_nifti_header,
+}
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
-    """Metadata of a file without decoding all its pixels (for scanning large folders).
+    """Metadata of a file without decoding its pixels (for scanning large folders).
 
+    Refuses what ``read_scan`` with default options would refuse, as far as headers tell.
     Raises ``UnreadableScanError`` for files that are not readable images.
     """
     path = Path(path)
-    kind = sniff_format(path)
-    if kind == "dicom":
-        return read_dicom_header(path)
-    if kind == "nifti":
-        return read_nifti_header(path)
-    return read_raster_header(path)
+    read = _HEADER_READERS.get(sniff_format(path), read_raster_header)
+    return _guarded(path, lambda: read(path))
 
 
 __all__ = ["read_scan", "read_header", "Scan", "UnreadableScanError"]

@@ -9,12 +9,18 @@ from typing import Any
 import numpy as np
 
 
+class MedxferWarning(UserWarning):
+    """Base of medxfer's own warnings. Their text is written by medxfer and never holds patient
+    identifiers, so the CLI shows them; warnings from other libraries are not echoed."""
+
+
 class UnreadableScanError(ValueError):
     """A file that cannot be turned into a scan; ``reason`` is one line a person understands."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = Path(path)
-        self.reason = reason
+        # One printable line whatever the source (decoder messages, bytes from a corrupt header).
+        self.reason = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
         super().__init__(f"{self.path}: {reason}")
 
 

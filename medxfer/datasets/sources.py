@@ -7,6 +7,8 @@ are not decoded) and one ``UnreadableFile`` per file that could not be read, wit
 from __future__ import annotations
 
 import csv
+import os
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -15,7 +17,7 @@ from typing import Any
 
 from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key
 from medxfer.datasets.reader import read_header, read_scan
-from medxfer.datasets.scan import UnreadableScanError
+from medxfer.datasets.scan import MedxferWarning, UnreadableScanError
 
 LAYOUTS = ("auto", "classes", "manifest", "unlabelled")
 MANIFEST_NAME = "manifest.csv"
@@ -25,9 +27,11 @@ SPLIT_NAMES = {
     "test": "test", "testing": "test", "holdout": "test",
 }
 # Manifest columns that identify a patient directly: dropped on reading, never copied anywhere.
+# Compared without underscores, after ``normalise_column``.
 IDENTIFYING_COLUMNS = frozenset({
-    "patient_name", "patientname", "name", "birth_date", "birthdate", "patient_birth_date",
-    "dob", "date_of_birth", "accession", "accession_number", "accessionnumber", "mrn",
+    "patientname", "name", "firstname", "lastname", "surname", "birthdate", "patientbirthdate",
+    "dob", "dateofbirth", "accession", "accessionnumber", "mrn", "medicalrecordnumber", "ssn",
+    "nhsnumber", "address", "phone",
 })
 
 
@@ -81,21 +85,27 @@ class ScanSet:
         return tuple(sorted({r.label for r in self.records if r.label is not None}))
 
     def relative(self, path: Path) -> str:
-        """``path`` relative to the source's root, with POSIX separators (for CSV outputs)."""
-        try:
-            return path.relative_to(self.root).as_posix()
-        except ValueError:
-            return path.as_posix()
+        """``path`` relative to the source's root (``../`` for files outside it), with POSIX
+        separators, for CSV outputs that must stay valid when the data folder moves."""
+        return Path(os.path.relpath(path, self.root)).as_posix()
 
 
 def iter_files(root: Path) -> list[Path]:
-    """Every regular file below ``root``, sorted, skipping hidden files and folders."""
-    found = []
-    for path in root.rglob("*"):
-        parts = path.relative_to(root).parts
-        if any(part.startswith(".") for part in parts) or not path.is_file():
+    """Every file below ``root``, sorted, skipping hidden files and folders.
+
+    Symbolic links to folders are followed (each real folder visited once, so a link loop ends);
+    a broken link is listed, so that it is reported as unreadable rather than silently dropped.
+    """
+    found: list[Path] = []
+    visited: set[str] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            subfolders.clear()
             continue
-        found.append(path)
+        visited.add(real)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found.extend(Path(folder) / name for name in files if not name.startswith("."))
     return sorted(found)
 
 
@@ -132,7 +142,7 @@ def _record(path: Path, header: dict[str, Any], label: str | None) -> ScanRecord
 
 def from_class_folders(root: str | Path, *, decode: bool = False) -> ScanSet:
     """A folder with one subfolder per class; every file below a subfolder has that label."""
-    root = Path(root)
+    root = Path(os.path.abspath(root))
     labelled = [(path, path.relative_to(root).parts[0]) for path in iter_files(root)]
     stray = {path for path, _ in labelled if path.parent == root}
     headers, unreadable = scan_headers([p for p, _ in labelled if p not in stray], decode=decode)
@@ -143,7 +153,7 @@ def from_class_folders(root: str | Path, *, decode: bool = False) -> ScanSet:
 
 def from_unlabelled_folder(root: str | Path, *, decode: bool = False) -> ScanSet:
     """Every file below ``root`` (recursively), without labels: for inference and adaptation."""
-    root = Path(root)
+    root = Path(os.path.abspath(root))
     files = iter_files(root)
     headers, unreadable = scan_headers(files, decode=decode)
     records = [_record(p, headers[p], None) for p in files if p in headers]
@@ -173,26 +183,56 @@ def _manifest_meta(row: dict[str, str]) -> dict[str, Any]:
     return meta
 
 
+def normalise_column(name: str) -> str:
+    """``Patient ID``, ``PatientID`` and ``patient-id`` all become ``patient_id``; other names are
+    lower-cased with runs of spaces and hyphens turned into ``_``."""
+    column = re.sub(r"[\s\-]+", "_", name.strip().lower())
+    return _COLUMN_ALIASES.get(column.replace("_", ""), column)
+
+
+_COLUMN_ALIASES = {"patientid": "patient_id", "subjectid": "patient_id"}
+
+
+def _is_identifying(column: str) -> bool:
+    return column.replace("_", "") in IDENTIFYING_COLUMNS
+
+
 def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
-    """Rows of a manifest with lower-cased column names; identifying columns are dropped."""
-    with open(manifest, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            raise ManifestError(f"{manifest}: empty manifest (no header row)")
-        columns = [name.strip().lower() for name in reader.fieldnames]
-        if "path" not in columns:
-            raise ManifestError(f"{manifest}: no 'path' column (columns: {', '.join(columns)})")
-        dropped = sorted(set(columns) & IDENTIFYING_COLUMNS)
-        if dropped:
-            warnings.warn(
-                f"{manifest}: identifying column(s) {', '.join(dropped)} ignored; "
-                "medxfer never copies names, birth dates or accession numbers",
-                stacklevel=3,
-            )
-        rows = []
-        for raw in reader:
-            row = {name: (raw.get(original) or "") for name, original in zip(columns, reader.fieldnames)}
-            rows.append({k: v for k, v in row.items() if k not in IDENTIFYING_COLUMNS})
+    """Rows of a manifest keyed by normalised column names; identifying columns are dropped.
+
+    Raises ``ManifestError`` naming the manifest (and row) for anything that is not a readable
+    UTF-8 CSV with a ``path`` column and distinct column names.
+    """
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise ManifestError(f"{manifest}: empty manifest (no header row)")
+            columns = [normalise_column(name) for name in header]
+            repeated = sorted({c for c in columns if columns.count(c) > 1})
+            if repeated:
+                raise ManifestError(f"{manifest}: column(s) {', '.join(repeated)} appear more than once")
+            if "path" not in columns:
+                raise ManifestError(f"{manifest}: no 'path' column (columns: {', '.join(columns)})")
+            dropped = sorted(c for c in columns if _is_identifying(c))
+            if dropped:
+                warnings.warn(
+                    f"{manifest}: identifying column(s) {', '.join(dropped)} ignored; "
+                    "medxfer never copies names, birth dates or accession numbers",
+                    MedxferWarning,
+                    stacklevel=3,
+                )
+            rows = []
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    continue  # blank line
+                row = dict(zip(columns, values + [""] * (len(columns) - len(values))))
+                rows.append({k: v for k, v in row.items() if not _is_identifying(k)})
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise ManifestError(f"{manifest}: not a valid CSV file, line {reader.line_num}: {exc}") from None
     return rows
 
 
@@ -200,7 +240,7 @@ def from_manifest(manifest: str | Path, *, decode: bool = False) -> ScanSet:
     """A CSV with ``path`` (relative to the manifest), optional ``label``, ``patient_id``,
     ``split`` and any metadata columns (sex, age, site, view...), whose values override the
     files' headers. ``patient_id`` is replaced by its pseudonymous key on reading."""
-    manifest = Path(manifest)
+    manifest = Path(os.path.abspath(manifest))
     root = manifest.parent
     rows = read_manifest_rows(manifest)
     seen: dict[Path, int] = {}
@@ -209,7 +249,10 @@ def from_manifest(manifest: str | Path, *, decode: bool = False) -> ScanSet:
         where = f"{manifest}, row {number}"
         if not row["path"].strip():
             raise ManifestError(f"{where}: empty path")
-        path = (root / row["path"].strip()).resolve()
+        raw_path = row["path"].strip().replace("\\", "/")  # tolerate paths written on Windows
+        if "\x00" in raw_path:
+            raise ManifestError(f"{where}: the path contains a NUL character")
+        path = Path(os.path.abspath(root / raw_path))  # normalised, symlinks kept as named
         if path in seen:
             raise ManifestError(f"{where}: {row['path']} already listed on row {seen[path]}")
         seen[path] = number
@@ -224,12 +267,14 @@ def from_manifest(manifest: str | Path, *, decode: bool = False) -> ScanSet:
         meta = {**headers[path], **_manifest_meta(row)}
         key = patient_key(row.get("patient_id")) or headers[path].get("patient_key")
         records.append(ScanRecord(path, row.get("label", "").strip() or None, key, split, meta))
-    return ScanSet(root.resolve(), "manifest", records, sorted(unreadable, key=lambda u: u.path))
+    return ScanSet(root, "manifest", records, sorted(unreadable, key=lambda u: u.path))
 
 
-def detect_layout(path: Path) -> str:
-    """``manifest`` for a .csv file or a folder holding ``manifest.csv``; ``classes`` for a folder
-    whose top level holds only subfolders (each a class); otherwise ``unlabelled``."""
+def detect_layout(path: Path, *, labelled: bool = False) -> str:
+    """``manifest`` for a .csv file or a folder holding ``manifest.csv``; for a folder whose top
+    level holds only subfolders, ``classes`` when ``labelled`` (the caller needs labels) and
+    otherwise ``unlabelled``: a PACS export's patient folders must not be taken for classes and
+    their names printed as labels. Everything else is ``unlabelled``."""
     if path.is_file():
         if path.suffix.lower() == ".csv":
             return "manifest"
@@ -238,21 +283,39 @@ def detect_layout(path: Path) -> str:
         raise FileNotFoundError(f"{path}: no such file or folder")
     if (path / MANIFEST_NAME).is_file():
         return "manifest"
-    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
-    if entries and all(p.is_dir() for p in entries):
+    if labelled and _only_folders(path):
         return "classes"
     return "unlabelled"
 
 
-def load_scans(path: str | Path, *, layout: str = "auto", decode: bool = False) -> ScanSet:
-    """Index a dataset from any source, recording unreadable files instead of failing."""
+def _only_folders(path: Path) -> bool:
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    return bool(entries) and all(p.is_dir() for p in entries)
+
+
+def looks_like_class_folders(path: Path) -> bool:
+    """True for a folder whose top level holds only subfolders (class folders, or a PACS export
+    organised by patient: only the user can tell)."""
+    return path.is_dir() and not (path / MANIFEST_NAME).is_file() and _only_folders(path)
+
+
+def load_scans(path: str | Path, *, layout: str = "auto", decode: bool = False, labelled: bool = False) -> ScanSet:
+    """Index a dataset from any source, recording unreadable files instead of failing.
+
+    ``layout="auto"`` reads a folder of subfolders as class folders only when ``labelled``.
+    """
     path = Path(path)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     if layout == "auto":
-        layout = detect_layout(path)
+        layout = detect_layout(path, labelled=labelled)
     if layout == "manifest":
-        return from_manifest(path / MANIFEST_NAME if path.is_dir() else path, decode=decode)
+        manifest = path / MANIFEST_NAME if path.is_dir() else path
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: no such manifest")
+        return from_manifest(manifest, decode=decode)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path}: layout {layout!r} needs a folder")
     if layout == "classes":
         return from_class_folders(path, decode=decode)
     return from_unlabelled_folder(path, decode=decode)
@@ -261,7 +324,7 @@ def load_scans(path: str | Path, *, layout: str = "auto", decode: bool = False) 
 def load_labelled(path: str | Path, *, layout: str = "auto", skip_unreadable: bool = False) -> ScanSet:
     """A labelled training set: every record must have a label, and unreadable files stop it
     early, all listed at once, unless ``skip_unreadable`` (they stay listed in ``unreadable``)."""
-    scans = load_scans(path, layout=layout)
+    scans = load_scans(path, layout=layout, labelled=True)
     if scans.layout == "unlabelled":
         raise ValueError(f"{path}: no labels found (give a folder of class subfolders or a manifest with a label column)")
     missing = [r.path for r in scans.records if r.label is None]

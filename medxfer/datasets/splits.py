@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
+from medxfer.datasets.scan import MedxferWarning
 from medxfer.datasets.sources import ScanRecord, ScanSet, with_splits
 from medxfer.files import atomic_write_text
 
@@ -24,7 +25,7 @@ SPLITS = ("train", "val", "test")
 SPLITS_CSV_COLUMNS = ("path", "label", "split", "patient_key")
 
 
-class SplitWarning(UserWarning):
+class SplitWarning(MedxferWarning):
     """Something about a split that a reviewer should know (no patient ids, no test split...)."""
 
 
@@ -53,8 +54,6 @@ def _carve(
 ) -> np.ndarray:
     """Indices (a subset of ``candidates``) forming about ``fraction`` of them, whole patients only,
     with label proportions kept (StratifiedGroupKFold: the first of round(1/fraction) folds)."""
-    if not 0.0 < fraction < 1.0:
-        raise SplitError(f"the {name} fraction must be between 0 and 1, got {fraction}")
     n_groups = len(np.unique(groups[candidates]))
     folds = max(2, round(1.0 / fraction))
     if n_groups < folds:
@@ -62,16 +61,61 @@ def _carve(
             f"only {n_groups} patient(s) to split: too few for a {fraction:.0%} {name} split "
             f"(needs at least {folds})"
         )
+    if labels is not None:
+        patients = {label: len(np.unique(groups[candidates][labels[candidates] == label]))
+                    for label in np.unique(labels[candidates])}
+        if all(n < folds for n in patients.values()):
+            raise SplitError(
+                f"every class has fewer than {folds} patients ({_format(patients)}): too few for a "
+                f"{fraction:.0%} {name} split stratified by label"
+            )
     x = np.zeros(len(candidates))
     if labels is None:
         splitter = GroupShuffleSplit(n_splits=1, test_size=1.0 / folds, random_state=seed)
         _, picked = next(splitter.split(x, groups=groups[candidates]))
     else:
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        with warnings.catch_warnings():  # "least populated class" is reported by check below
+        with warnings.catch_warnings():  # a class missing from a split is reported by _checked
             warnings.simplefilter("ignore", UserWarning)
             _, picked = next(splitter.split(x, labels[candidates], groups=groups[candidates]))
     return candidates[np.sort(picked)]
+
+
+def _format(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+def _validate_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, value in (("val", val_fraction), ("test", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise SplitError(f"the {name} fraction must be between 0 and 1 (exclusive), got {value}")
+    if val_fraction + test_fraction >= 0.9:
+        raise SplitError(
+            f"val ({val_fraction}) and test ({test_fraction}) fractions leave less than 10% for training"
+        )
+
+
+def _warn_about_coverage(scans: ScanSet) -> None:
+    """Warn when records lack a patient id, or a class is missing from a split."""
+    anonymous = sum(r.patient_key is None for r in scans.records)
+    if anonymous:
+        warnings.warn(
+            f"{scans.root}: {anonymous} of {len(scans.records)} file(s) have no patient id (manifest "
+            "patient_id column or DICOM PatientID); each is split on its own, so images of one patient "
+            "may fall in different splits",
+            SplitWarning,
+            stacklevel=4,
+        )
+    present = {split: {r.label for r in scans.records if r.split == split} for split in SPLITS}
+    for split, labels in present.items():
+        missing = [c for c in scans.classes if c not in labels] if labels else []
+        if missing:
+            warnings.warn(
+                f"{scans.root}: class(es) {', '.join(missing)} have no images in {split}: metrics "
+                f"on {split} cannot cover them (too few patients of that class?)",
+                SplitWarning,
+                stacklevel=4,
+            )
 
 
 def check_no_leakage(records: list[ScanRecord]) -> None:
@@ -105,18 +149,12 @@ def assign_splits(
     record is honoured and checked for leakage; when it names no ``val``, val is carved out of
     train by patient; when it names no ``test``, a ``SplitWarning`` says so.
     """
+    _validate_fractions(val_fraction, test_fraction)
     records = scans.records
     if not records:
         raise SplitError(f"{scans.root}: no readable scans to split")
     groups = _group_ids(records)
     labels = np.array([r.label for r in records], dtype=object) if scans.classes else None
-    if all(r.patient_key is None for r in records):
-        warnings.warn(
-            f"{scans.root}: no patient ids (manifest patient_id column or DICOM PatientID); splitting "
-            "by file, so images of one patient may fall in different splits",
-            SplitWarning,
-            stacklevel=2,
-        )
     given = [r.split for r in records]
     if all(s is None for s in given):
         split = np.array(["train"] * len(records), dtype=object)
@@ -125,7 +163,7 @@ def assign_splits(
         rest = np.flatnonzero(split == "train")
         val = _carve(rest, groups, labels, min(val_fraction / (1.0 - len(test) / len(records)), 0.5), seed, "val")
         split[val] = "val"
-        return with_splits(scans, list(split))
+        return _checked(with_splits(scans, list(split)))
     blank = [r.path for r in records if r.split is None]
     if blank:
         raise SplitError(
@@ -142,7 +180,13 @@ def assign_splits(
         split[_carve(train, groups, labels, share, seed, "val")] = "val"
     if "test" not in given:
         warnings.warn(f"{scans.root}: the split column names no test files", SplitWarning, stacklevel=2)
-    return with_splits(scans, list(split))
+    return _checked(with_splits(scans, list(split)))
+
+
+def _checked(scans: ScanSet) -> ScanSet:
+    check_no_leakage(scans.records)
+    _warn_about_coverage(scans)
+    return scans
 
 
 def split_counts(scans: ScanSet) -> dict[str, dict[str, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -12,10 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from medxfer import __version__
+from medxfer.datasets.scan import MedxferWarning
 from medxfer.datasets import phantom
-from medxfer.datasets.inventory import inspect_path, summarise
-from medxfer.datasets.sources import LAYOUTS, ManifestError, UnreadableFilesError, load_labelled
-from medxfer.datasets.splits import PatientLeakageError, SplitError, assign_splits, split_counts, write_splits_csv
+from medxfer.datasets.inventory import inspect_path
+from medxfer.datasets.sources import (
+    LAYOUTS,
+    ManifestError,
+    ScanSet,
+    UnreadableFilesError,
+    load_labelled,
+    looks_like_class_folders,
+)
+from medxfer.datasets.splits import (
+    SPLITS,
+    PatientLeakageError,
+    SplitError,
+    assign_splits,
+    split_counts,
+    write_splits_csv,
+)
 
 DESCRIPTION = """\
 medxfer turns a small set of labelled scans (DICOM, NIfTI, PNG/JPEG/TIFF) into a classifier you
@@ -65,12 +81,23 @@ def _print_summary(summary: dict[str, Any]) -> None:
             print(f"  {item['path']}: {item['reason']}")
 
 
+def _print_splits(scans: ScanSet) -> None:
+    counts = split_counts(scans)
+    for split in [s for s in SPLITS if s in counts]:
+        by_label = counts[split]
+        patients = len({r.patient_key or r.path for r in scans.records if r.split == split})
+        print(f"  {split:<5} {sum(by_label.values()):>5} images {patients:>5} patients   {_format_counts(by_label)}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     summary = inspect_path(args.path, layout=args.layout, decode=args.decode)
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        _print_summary(summary)
+        return 0
+    _print_summary(summary)
+    if args.layout == "auto" and looks_like_class_folders(args.path):
+        print("note: the top level holds only folders; if they are classes (not patients or studies), "
+              "rerun with --layout classes to see labels")
     return 0
 
 
@@ -78,9 +105,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     scans = load_labelled(args.path, layout=args.layout, skip_unreadable=args.skip_unreadable)
     scans = assign_splits(scans, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
     out = write_splits_csv(scans, args.out)
-    for split, by_label in sorted(split_counts(scans).items()):
-        patients = len({r.patient_key for r in scans.records if r.split == split})
-        print(f"  {split:<5} {sum(by_label.values()):>5} images, {patients:>4} patients: {_format_counts(by_label)}")
+    _print_splits(scans)
     if scans.unreadable:
         print(f"  skipped {len(scans.unreadable)} unreadable file(s); see `medxfer inspect {args.path}`")
     print(f"wrote {out}")
@@ -107,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("[3/3] splitting it by patient")
     scans = assign_splits(load_labelled(cohort.manifest), seed=args.seed)
     written = write_splits_csv(scans, out / "splits.csv")
-    print(json.dumps({"splits": split_counts(scans)}, indent=2))
+    _print_splits(scans)
     print(f"wrote {written}")
     print("demo finished")
     return 0
@@ -147,35 +172,59 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Synthetic CR/DX chest radiographs from two simulated sites, two classes "
                                    "(normal, opacity), a manifest.csv and a few NIfTI volumes. Deterministic.")
     p.add_argument("out", type=Path, help="output folder")
-    p.add_argument("--patients", type=int, default=80, help="number of patients (default: 80)")
+    p.add_argument("--patients", type=_positive, default=80, help="number of patients (default: 80)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--volumes", type=int, default=3, help="number of NIfTI volumes (default: 3)")
+    p.add_argument("--volumes", type=_count, default=3, help="number of NIfTI volumes (default: 3)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on a phantom cohort",
                        description="Generate a phantom cohort, inspect it and split it by patient.")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
-    p.add_argument("--patients", type=int, default=80, help="number of phantom patients (default: 80)")
+    p.add_argument("--patients", type=_positive, default=80, help="number of phantom patients (default: 80)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"medxfer: warning: {message}", file=sys.stderr)
+    """Print medxfer's own warnings; other libraries' warning text may quote file contents
+    (patient identifiers included), so it is not echoed."""
+    if issubclass(category, MedxferWarning):
+        print(f"medxfer: warning: {message}", file=sys.stderr)
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 1 a clear error about the data, 2 usage)."""
     args = build_parser().parse_args(argv)
-    # Decoder failures are reported per file by medxfer; pydicom's own log of them is noise here.
+    # Decoder failures are reported per file by medxfer; pydicom's own log of them is noise here,
+    # and its messages can quote header values.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    # File names from a PACS export need not be valid UTF-8: escape rather than stop half-way.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
             return args.func(args)
-    except (UnreadableFilesError, ManifestError, SplitError, PatientLeakageError,
-            FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    except BrokenPipeError:  # `medxfer inspect --json | head`: the reader has gone, not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python's exit flush quiet
+        return 0
+    except (UnreadableFilesError, ManifestError, SplitError, PatientLeakageError, OSError, ValueError) as exc:
         print(f"medxfer {args.command}: error: {exc}", file=sys.stderr)
         return 1

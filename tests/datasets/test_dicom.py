@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -258,6 +260,17 @@ def test_objects_without_pixel_data_are_refused_with_that_reason(name, kind):
         read_header(data(name))
 
 
+def test_key_object_selection_document_is_refused(tmp_path):
+    path = phantom.encode_dicom(np.zeros((4, 4), np.float32), tmp_path / "kos.dcm")
+    ds = pydicom.dcmread(path)
+    del ds.PixelData, ds.Rows, ds.Columns
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.KeyObjectSelectionDocumentStorage
+    ds.Modality = "KO"
+    ds.save_as(path)
+    with pytest.raises(UnreadableScanError, match="no pixel data: Key Object Selection Document"):
+        read_scan(path)
+
+
 def test_preambleless_dicom_is_recognised_from_its_content(tmp_path):
     ds = pydicom.dcmread(data("MR_small.dcm"))
     ds.preamble = None
@@ -304,3 +317,61 @@ def test_undecodable_jpeg_gives_a_one_line_reason():
         read_scan(data("JPEG-lossy.dcm"))  # 12-bit extended JPEG that no installed plugin decodes
     assert "pixel data cannot be decoded" in caught.value.reason
     assert "\n" not in caught.value.reason
+
+
+def test_enhanced_multiframe_rescale_and_window_come_from_functional_groups():
+    path = data("eCT_Supplemental.dcm")  # enhanced CT: intercept -1024, window 49/102 in shared groups
+    ds = pydicom.dcmread(path)
+    assert "RescaleIntercept" not in ds and "WindowCenter" not in ds
+    scan = read_scan(path)
+    assert scan.meta["window"].startswith("file window center=49 width=102")
+    assert scan.meta["pixel_spacing"] == pytest.approx((0.388672, 0.388672))
+    hounsfield = ds.pixel_array.astype(np.float64) - 1024.0
+    explicit = read_scan(path, window=(40, 400)).pixels
+    np.testing.assert_allclose(explicit, np.clip((hounsfield - 39.5) / 399 + 0.5, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(scan.pixels, np.clip((hounsfield - 48.5) / 101 + 0.5, 0, 1), atol=1e-6)
+    np.testing.assert_array_equal(read_scan(path, frame=1).pixels, scan.pixels[1])
+
+
+def test_ybr_full_422_uncompressed_passes_the_length_check():
+    path = data("SC_ybr_full_422_uncompressed.dcm")  # 2 bytes per pixel, not 3
+    assert read_header(path)["photometric_interpretation"] == "YBR_FULL_422"
+    ybr = read_scan(path).pixels
+    assert np.mean(np.abs(ybr - read_scan(data("SC_rgb.dcm")).pixels)) < 0.02
+
+
+def test_dicomdir_is_refused_naming_its_sop_class():
+    dicomdir = next(p for p in (Path(data("MR_small.dcm")).parent / "dicomdirtests").rglob("DICOMDIR"))
+    with pytest.raises(UnreadableScanError, match="no pixel data: Media Storage Directory Storage"):
+        read_header(dicomdir)
+
+
+def test_invalid_identifier_values_do_not_leak_through_pydicom_warnings(tmp_path, recwarn):
+    path = phantom.encode_dicom(np.zeros((4, 4), np.float32), tmp_path / "a.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PatientID = "MRN12345"
+    ds.save_as(path)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"MRN12345") - 4  # VR of PatientID: LO -> IS, so validation complains on access
+    assert raw[at:at + 2] == b"LO"
+    raw[at:at + 2] = b"IS"
+    path.write_bytes(bytes(raw))
+    read_header(path)
+    read_scan(path)
+    assert not any("MRN12345" in str(w.message) for w in recwarn)
+
+
+def test_malformed_files_only_ever_raise_unreadable_scan_error(tmp_path):
+    content = bytearray(open(data("MR_small.dcm"), "rb").read())
+    rng = np.random.default_rng(0)
+    target = tmp_path / "fuzz.dcm"
+    for _ in range(60):
+        mutated = bytearray(content)
+        for position in rng.integers(132, 900, size=4):  # damage the header, keep the preamble
+            mutated[position] = int(rng.integers(0, 256))
+        target.write_bytes(bytes(mutated))
+        for reader in (read_header, read_scan):
+            try:
+                reader(target)
+            except UnreadableScanError as exc:
+                assert "\n" not in exc.reason

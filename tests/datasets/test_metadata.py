@@ -36,9 +36,25 @@ def test_patient_key_is_stable_salted_and_hides_the_id():
 
 
 def test_salt_comes_from_the_environment(monkeypatch):
-    monkeypatch.setenv("MEDXFER_SALT", "shared-secret")
-    assert pseudonym_salt() == b"shared-secret"
-    assert patient_key("123") == patient_key("123", salt=b"shared-secret")
+    monkeypatch.setenv("MEDXFER_SALT", "shared-secret-of-our-study")
+    assert pseudonym_salt() == b"shared-secret-of-our-study"
+    assert patient_key("123") == patient_key("123", salt=b"shared-secret-of-our-study")
+
+
+@pytest.mark.parametrize("salt", ["", "short"])
+def test_short_or_empty_salt_is_refused(monkeypatch, salt):
+    monkeypatch.setenv("MEDXFER_SALT", salt)
+    with pytest.raises(ValueError, match="at least 16 are needed"):
+        patient_key("123")
+
+
+def test_truncated_salt_file_is_refused_not_used(monkeypatch, tmp_path):
+    monkeypatch.delenv("MEDXFER_SALT")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "medxfer").mkdir()
+    (tmp_path / "medxfer" / "pseudonym-salt").write_bytes(b"")
+    with pytest.raises(ValueError, match="pseudonym-salt is 0 bytes"):
+        pseudonym_salt()
 
 
 def test_without_environment_a_private_salt_is_created_once(monkeypatch, tmp_path):
@@ -49,3 +65,4 @@ def test_without_environment_a_private_salt_is_created_once(monkeypatch, tmp_pat
     assert salt_file.read_bytes() == first and len(first) == 64
     assert stat.S_IMODE(salt_file.stat().st_mode) == 0o600
     assert pseudonym_salt() == first
+    assert [p.name for p in (tmp_path / "medxfer").iterdir()] == ["pseudonym-salt"]  # no temporary left

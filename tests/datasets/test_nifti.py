@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import shutil
 import struct
 from pathlib import Path
@@ -18,6 +19,8 @@ LPS = np.diag([-2.0, -3.0, 4.0, 1.0])
 # Stored axes point to A (3 mm), I (4 mm) and R (2 mm): coronal-ish storage, axis codes "AIR".
 PERMUTED = np.array([[0, 0, 2.0, 0], [3.0, 0, 0, 0], [0, -4.0, 0, 0], [0, 0, 0, 1]])
 SCL_SLOPE_OFFSET, SROW_Y_OFFSET = 112, 296  # byte offsets in the NIfTI-1 header
+DIM_OFFSET = 40  # dim[0..7], int16
+NIFTI2_SROW_X_OFFSET = 400  # srow_x, 4 x float64, in the NIfTI-2 header
 
 
 def save(image: nib.Nifti1Image, path: Path) -> Path:
@@ -222,6 +225,45 @@ def test_out_of_range_volume_index_is_refused(tmp_path, index):
         read_nifti(four_d(tmp_path), volume_index=index)
 
 
+def refusal(read, path: Path, **kwargs) -> str:
+    with pytest.raises(UnreadableScanError) as err:
+        read(path, **kwargs)
+    return err.value.reason
+
+
+@pytest.mark.parametrize("path", ["synthetic", "example4d.nii.gz"])
+def test_header_reader_refuses_a_4d_image_without_volume_index_like_the_reader(tmp_path, path):
+    path = four_d(tmp_path) if path == "synthetic" else REAL_DATA / path
+    reason = refusal(read_nifti, path)
+    assert "pass volume_index=... to choose one" in reason
+    assert refusal(read_nifti_header, path) == reason
+
+
+@pytest.mark.parametrize("path,volumes", [("synthetic", 3), ("example4d.nii.gz", 2)])
+def test_header_reader_accepts_a_4d_image_with_a_valid_volume_index(tmp_path, path, volumes):
+    path = four_d(tmp_path) if path == "synthetic" else REAL_DATA / path
+    for index in range(volumes):
+        header = read_nifti_header(path, volume_index=index)
+        full = read_nifti(path, volume_index=index).meta
+        assert header == {k: full[k] for k in header}
+        assert header["volumes"] == volumes and len(header["shape"]) == 3
+
+
+@pytest.mark.parametrize("path,index", [("synthetic", 3), ("synthetic", -1), ("example4d.nii.gz", 2), ("example4d.nii.gz", 99)])
+def test_header_reader_refuses_an_out_of_range_volume_index_like_the_reader(tmp_path, path, index):
+    path = four_d(tmp_path) if path == "synthetic" else REAL_DATA / path
+    reason = refusal(read_nifti, path, volume_index=index)
+    assert reason.startswith(f"volume_index {index} out of range")
+    assert refusal(read_nifti_header, path, volume_index=index) == reason
+
+
+def test_3d_image_takes_volume_index_0_only_in_both_readers(tmp_path):
+    path = save(nib.Nifti1Image(np.ones((3, 4, 5), np.float32), np.eye(4)), tmp_path / "3d.nii")
+    assert read_nifti_header(path, volume_index=0) == read_nifti_header(path)
+    assert read_nifti(path, volume_index=np.int64(0)).meta["volume_index"] == 0
+    assert refusal(read_nifti_header, path, volume_index=1) == refusal(read_nifti, path, volume_index=1)
+
+
 def test_5d_volume_index_counts_in_storage_order_with_4th_axis_fastest(tmp_path):
     data = np.zeros((3, 4, 5, 2, 3), np.float32)
     for t in range(2):
@@ -318,6 +360,91 @@ def test_truncated_nifti_under_another_name_is_refused(tmp_path):
         read_nifti(renamed)
 
 
+@pytest.mark.parametrize("length", [0, -30712])
+def test_zero_or_negative_axis_length_is_an_invalid_header_for_both_readers(tmp_path, length):
+    path = ramp_volume(tmp_path / "dim.nii", np.ones((3, 4, 5)))
+    raw = bytearray(path.read_bytes())
+    raw[DIM_OFFSET + 6:DIM_OFFSET + 8] = struct.pack("<h", length)  # dim[3]
+    path.write_bytes(bytes(raw))
+    for read in (read_nifti, read_nifti_header):
+        with pytest.raises(UnreadableScanError, match=rf"invalid NIfTI header: axis lengths \(3, 4, {length}\) must all be at least 1"):
+            read(path)
+
+
+def test_rgb_voxels_are_refused_by_both_readers(tmp_path):
+    rgb = np.zeros((3, 4, 5), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    path = save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii")
+    for read in (read_nifti, read_nifti_header):
+        with pytest.raises(UnreadableScanError, match="unsupported voxel type RGB: only one value per voxel"):
+            read(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_affine_is_refused_by_both_readers(tmp_path, value):
+    path = save(nib.Nifti2Image(np.ones((3, 4, 5), np.float32), np.eye(4)), tmp_path / "naff.nii")
+    raw = bytearray(path.read_bytes())
+    assert nib.load(path).header["sform_code"] > 0  # so nibabel's affine is this sform
+    raw[NIFTI2_SROW_X_OFFSET:NIFTI2_SROW_X_OFFSET + 8] = struct.pack("<d", value)
+    path.write_bytes(bytes(raw))
+    assert not np.isfinite(nib.load(path).affine).all()
+    for read in (read_nifti, read_nifti_header):
+        with pytest.raises(UnreadableScanError, match="affine has non-finite"):
+            read(path)
+
+
+def fuzz_sources(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(4)
+    return [
+        save(nib.Nifti1Image(rng.random((6, 7, 8)).astype(np.float32), LPS), tmp_path / "v.nii.gz"),
+        save(nib.Nifti1Image((rng.random((6, 7, 8)) * 100).astype(np.int16), PERMUTED), tmp_path / "v.nii"),
+        save(nib.Nifti2Image(rng.random((4, 5, 6)).astype(np.float32), np.eye(4)), tmp_path / "v2.nii"),
+    ]
+
+
+def mutations(raw: bytes, seed: int, count: int = 30) -> list[bytes]:
+    """``count`` copies of ``raw`` with 1-3 bytes overwritten, mostly in the first 400 (the header)."""
+    rng = np.random.default_rng(seed)
+    special = [0x00, 0x01, 0x7F, 0x80, 0xFF]
+    out = []
+    for _ in range(count):
+        mutated = bytearray(raw)
+        limit = len(raw) if rng.random() < 0.25 else min(len(raw), 400)
+        for _ in range(rng.integers(1, 4)):
+            value = special[rng.integers(len(special))] if rng.random() < 0.6 else rng.integers(256)
+            mutated[rng.integers(limit)] = int(value)
+        out.append(bytes(mutated))
+    return out
+
+
+def test_damaged_bytes_raise_only_unreadable_scan_errors_with_one_line_reasons(tmp_path, recwarn):
+    for seed, source in enumerate(fuzz_sources(tmp_path)):
+        damaged = tmp_path / f"damaged_{source.name}"
+        for number, raw in enumerate(mutations(source.read_bytes(), seed)):
+            damaged.write_bytes(raw)
+            for read in (read_nifti, read_nifti_header):
+                try:
+                    read(damaged)
+                except UnreadableScanError as exc:
+                    assert exc.reason.strip() and "\n" not in str(exc), (source.name, number, read.__name__)
+                except Exception as exc:  # noqa: BLE001 - the point of the test
+                    pytest.fail(f"{read.__name__}({source.name} mutation {number}) raised {type(exc).__name__}: {exc}")
+
+
+def test_damaged_gzip_content_raises_only_unreadable_scan_errors(tmp_path, recwarn):
+    """Mutations of the decompressed header, recompressed: what a .nii.gz with a bad header looks like."""
+    source = fuzz_sources(tmp_path)[0]
+    damaged = tmp_path / "damaged.nii.gz"
+    for number, raw in enumerate(mutations(gzip.decompress(source.read_bytes()), seed=7)):
+        damaged.write_bytes(gzip.compress(raw))
+        for read in (read_nifti, read_nifti_header):
+            try:
+                read(damaged)
+            except UnreadableScanError as exc:
+                assert "\n" not in str(exc), (number, read.__name__)
+            except Exception as exc:  # noqa: BLE001 - the point of the test
+                pytest.fail(f"{read.__name__}(mutation {number}) raised {type(exc).__name__}: {exc}")
+
+
 # --- header reader ----------------------------------------------------------------------------
 
 
@@ -352,7 +479,7 @@ def test_real_4d_image_is_refused_without_index_and_read_with_one():
     expected, _ = rescale_to_unit(canonical_display(nib.load(path).slicer[..., 1]), "percentile")
     np.testing.assert_allclose(scan.pixels, expected, atol=1e-6)
     assert scan.meta["slice_spacing"] == pytest.approx(2.2, abs=1e-5)
-    assert read_nifti_header(path)["volumes"] == 2
+    assert read_nifti_header(path, volume_index=1)["volumes"] == 2
 
 
 def test_real_nifti2_volume_is_read():

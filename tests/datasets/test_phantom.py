@@ -78,10 +78,11 @@ def _display(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 def _auroc_of(statistic: Callable[[np.ndarray], float], n_images: int = 100, seed: int = 7) -> float:
-    """AUROC of ``statistic`` for the opacity label over rendered images from both sites."""
+    """AUROC of ``statistic`` for the opacity label over rendered images from every site."""
     rng = np.random.default_rng(seed)
-    labels = np.arange(n_images) // 2 % 2  # alternate labels, sites alternate within each pair
-    images = [render_chest(rng, label=LABELS[y], shape=SHAPE, site=SITES[i % 2]) for i, y in enumerate(labels)]
+    labels = np.arange(n_images) // 2 % 2  # labels in pairs, sites cycling across them
+    images = [render_chest(rng, label=LABELS[y], shape=SHAPE, site=SITES[i % len(SITES)])
+              for i, y in enumerate(labels)]
     scores = np.array([statistic(image) for image in images])
     return float(roc_auc_score(labels, scores))
 
@@ -96,6 +97,36 @@ def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
     assert list(first) == list(second)
     assert any(name.endswith(".nii.gz") for name in first) and any(name.endswith(".dcm") for name in first)
     assert [name for name in first if first[name] != second[name]] == []
+
+
+def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medxfer.datasets import phantom
+
+    written: list[Path] = []
+
+    def spy(real: Callable[[Path, bytes | str], Path]) -> Callable[[Path, bytes | str], Path]:
+        def write(path: Path, data: bytes | str) -> Path:
+            written.append(Path(path))
+            return real(path, data)
+        return write
+
+    for name in ("atomic_write_bytes", "atomic_write_text"):
+        monkeypatch.setattr(phantom, name, spy(getattr(phantom, name)))
+    summary = generate_cohort(tmp_path / "out", n_patients=6, seed=2, n_volumes=1)
+    files = sorted(p for p in summary.root.rglob("*") if p.is_file())
+    assert [p for p in summary.root.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")] == []
+    assert sorted(written) == files  # every DICOM, NIfTI volume and the manifest went through it
+    assert summary.manifest in files and summary.volumes[0] in files
+
+
+def test_nonsensical_arguments_are_a_clear_error(tmp_path: Path) -> None:
+    for kwargs, match in (({"n_patients": 0}, "n_patients"), ({"n_patients": -3}, "n_patients"),
+                          ({"n_volumes": -1}, "n_volumes"), ({"seed": -1}, "seed")):
+        with pytest.raises(ValueError, match=match):
+            generate_cohort(tmp_path / "bad", **{"n_patients": 2, "n_volumes": 0, **kwargs})
+    with pytest.raises(TypeError, match="n_patients"):
+        generate_cohort(tmp_path / "bad", n_patients=2.5)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_different_seed_gives_different_pixels(tmp_path: Path) -> None:
@@ -116,24 +147,45 @@ def test_manifest_lists_exactly_the_dicom_files_sorted(cohort: CohortSummary, ma
     paths = [row["path"] for row in manifest]
     assert list(manifest[0]) == ["path", "label", "patient_id"]
     assert paths == sorted(paths) == sorted(headers)
-    assert all(re.fullmatch(r"images/site-[ab]/img\d{5}\.dcm", p) for p in paths)
+    assert all(re.fullmatch(r"images/site-[a-z]/img\d{5}\.dcm", p) for p in paths)
+    assert {p.split("/")[1] for p in paths} == {site.name for site in SITES}
     assert {row["label"] for row in manifest} == set(LABELS)
     assert all(headers[row["path"]].PatientID == row["patient_id"] for row in manifest)
     assert cohort.n_images == len(manifest)
     assert cohort.n_patients == len({row["patient_id"] for row in manifest}) == 80
     assert cohort.label_counts == dict(Counter(row["label"] for row in manifest))
     assert sum(cohort.site_counts.values()) == cohort.n_images
+    assert cohort.site_counts == dict(Counter(p.split("/")[1] for p in paths))
 
 
-def test_cohort_spans_two_sites_with_different_encodings(headers: dict[str, pydicom.Dataset]) -> None:
+def test_cohort_spans_three_sites_with_different_encodings(headers: dict[str, pydicom.Dataset]) -> None:
     values = list(headers.values())
+    assert len(SITES) >= 3
     assert {ds.InstitutionName for ds in values} == {site.institution for site in SITES}
-    assert len({ds.Manufacturer for ds in values}) >= 2
+    assert len({ds.Manufacturer for ds in values}) >= 3
     assert {ds.PhotometricInterpretation for ds in values} == {"MONOCHROME1", "MONOCHROME2"}
     assert {ds.Modality for ds in values} == {"CR", "DX"}
-    assert len({ds.BitsStored for ds in values}) >= 2
-    assert len({(float(ds.RescaleSlope), float(ds.RescaleIntercept)) for ds in values}) >= 2
+    assert {int(ds.BitsStored) for ds in values} == {10, 12, 14, 16}  # the "10-16 bit" range, ends included
+    assert all(int(ds.HighBit) == int(ds.BitsStored) - 1 for ds in values)
+    assert len({(float(ds.RescaleSlope), float(ds.RescaleIntercept)) for ds in values}) >= 3
     assert sum("ImagerPixelSpacing" in ds for ds in values) and sum("PixelSpacing" in ds for ds in values)
+    # DX requires Presentation LUT Shape INVERSE with MONOCHROME1 and IDENTITY with MONOCHROME2.
+    dx_shapes = {(ds.PhotometricInterpretation, ds.PresentationLUTShape) for ds in values if ds.Modality == "DX"}
+    assert dx_shapes == {("MONOCHROME1", "INVERSE"), ("MONOCHROME2", "IDENTITY")}
+
+
+def test_every_site_decodes_with_air_dark_and_uses_its_bit_depth(cohort: CohortSummary,
+                                                                 headers: dict[str, pydicom.Dataset]) -> None:
+    for site in SITES:
+        names = [name for name in headers if name.startswith(f"images/{site.name}/")]
+        assert {int(headers[name].BitsStored) for name in names} == set(site.bits_stored)
+        for name in names[:3]:
+            ds = pydicom.dcmread(cohort.root / name)
+            assert ds.pixel_array.max() <= 2 ** int(ds.BitsStored) - 1
+            image = _decode(cohort.root / name)
+            rows, cols = image.shape
+            air, body = image[:8, :8].mean(), image[rows // 2:, cols // 3: -cols // 3].mean()
+            assert air < 0.3 and body > air + 0.2  # air in the corner dark, the lower trunk brighter
 
 
 def test_cohort_has_varied_sizes_and_spacings(headers: dict[str, pydicom.Dataset]) -> None:
@@ -286,7 +338,7 @@ def test_render_chest_gives_unit_float_image_of_requested_shape() -> None:
 def test_rendered_anatomy_has_dark_lungs_and_heart_to_the_image_right() -> None:
     rng = np.random.default_rng(11)
     for index in range(6):
-        image = render_chest(rng, label="normal", shape=SHAPE, site=SITES[index % 2])
+        image = render_chest(rng, label="normal", shape=SHAPE, site=SITES[index % len(SITES)])
         assert image[LUNG_ROWS][:, LUNG_COLS].mean() < image[ABDOMEN].mean() - 0.1
         assert image[HEART_ROWS, HEART_SIDE].mean() > image[HEART_ROWS, OTHER_SIDE].mean() + 0.05
         assert image[:8, :8].mean() < 0.3  # air in the corner is dark

@@ -163,6 +163,105 @@ def test_png_exif_orientation_is_applied_by_reader_and_header(tmp_path):
     assert read_raster(path).pixels.shape == read_raster_header(path)["shape"] == (40, 20)
 
 
+def exif_rotated_tiff(tmp_path: Path, orientation: int, **params) -> Path:
+    """As ``exif_rotated_jpeg``, as a TIFF whose Orientation tag is ``orientation``."""
+    stored = np.zeros((20, 40), np.uint8)
+    stored[:8, :8] = 255
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    return save(Image.fromarray(stored), tmp_path / f"rot{orientation}.tif", exif=exif, **params)
+
+
+# Where the stored top-left 8x8 marker must end up (rows, columns of the displayed image), and
+# the displayed shape, for the TIFF tests below: 3 turns 180 degrees, 6 clockwise, 8 anticlockwise.
+TIFF_MARKER = {
+    3: ((20, 40), np.s_[-8:, -8:]),
+    6: ((40, 20), np.s_[:8, -8:]),
+    8: ((40, 20), np.s_[-8:, :8]),
+}
+
+
+@pytest.mark.parametrize("compression", [None, "tiff_deflate"])  # raw strips and libtiff decoding
+@pytest.mark.parametrize("orientation", sorted(TIFF_MARKER))
+def test_tiff_orientation_tag_moves_the_marker_like_exif_in_a_jpeg(tmp_path, orientation, compression):
+    path = exif_rotated_tiff(tmp_path, orientation, compression=compression)
+    shape, marker = TIFF_MARKER[orientation]
+    scan = read_raster(path)
+
+    assert scan.pixels.shape == shape
+    assert scan.pixels[marker].mean() > 0.9
+    assert scan.pixels.mean() == pytest.approx(64 / 800)  # the marker only, not scrambled rows
+    assert read_raster_header(path)["shape"] == shape
+
+
+def test_tiff_orientation_6_reads_like_the_same_jpeg(tmp_path):
+    tiff = read_raster(exif_rotated_tiff(tmp_path, 6)).pixels
+    jpeg = read_raster(exif_rotated_jpeg(tmp_path)).pixels
+    assert tiff.shape == jpeg.shape == (40, 20)
+    np.testing.assert_allclose(tiff, jpeg, atol=0.1)
+
+
+# Each EXIF orientation as a numpy operation taking the stored array to the displayed one.
+DISPLAYED = {
+    1: lambda a: a,
+    2: np.fliplr,
+    3: lambda a: np.rot90(a, 2),
+    4: np.flipud,
+    5: lambda a: a.T,  # transpose: mirror about the main diagonal
+    6: lambda a: np.rot90(a, -1),  # 90 degrees clockwise
+    7: lambda a: np.rot90(a, 2).T,  # transverse: mirror about the other diagonal
+    8: lambda a: np.rot90(a, 1),  # 90 degrees anticlockwise
+}
+LOSSLESS = {
+    "png": {},
+    "tif": {},
+    "deflate.tif": {"compression": "tiff_deflate"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSLESS))
+@pytest.mark.parametrize("orientation", sorted(DISPLAYED))
+def test_every_orientation_gives_the_exact_displayed_pixels_in_lossless_formats(tmp_path, name, orientation):
+    stored = np.arange(6 * 10, dtype=np.uint8).reshape(6, 10) * 4  # every pixel distinct
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    path = save(Image.fromarray(stored), tmp_path / f"o{orientation}.{name}", exif=exif, **LOSSLESS[name])
+
+    expected = DISPLAYED[orientation](stored) / 255.0
+    scan = read_raster(path)
+    np.testing.assert_allclose(scan.pixels, expected, atol=1e-7)
+    assert read_raster_header(path)["shape"] == scan.meta["shape"] == expected.shape
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGB"])
+def test_tiff_orientation_applies_to_16bit_and_colour_tiffs(tmp_path, mode):
+    stored = np.zeros((20, 40), np.uint16)
+    stored[:8, :8] = 65535
+    image = Image.fromarray(stored) if mode == "I;16" else Image.fromarray((stored >> 8).astype(np.uint8)).convert("RGB")
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    path = save(image, tmp_path / "rot.tif", exif=exif)
+
+    scan = read_raster(path)
+    assert scan.meta["mode"] == mode
+    assert scan.pixels.shape == read_raster_header(path)["shape"] == (40, 20)
+    assert scan.pixels[:8, -8:].mean() > 0.99 and scan.pixels.mean() == pytest.approx(64 / 800, abs=1e-3)
+
+
+def test_multipage_tiff_orientation_applies_to_the_first_page(tmp_path):
+    first = np.zeros((20, 40), np.uint8)
+    first[:8, :8] = 255
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 8
+    path = save(Image.fromarray(first), tmp_path / "pages.tif", exif=exif, save_all=True,
+                append_images=[Image.fromarray(np.zeros((20, 40), np.uint8))])
+
+    scan = read_raster(path)
+    assert scan.meta["pages"] == 2
+    assert scan.pixels.shape == read_raster_header(path)["shape"] == (40, 20)
+    assert scan.pixels[-8:, :8].mean() > 0.9
+
+
 def test_explicit_windows_go_through_rescale_to_unit(tmp_path):
     path = save(Image.fromarray(np.array([[50, 100, 150]], np.uint8)), tmp_path / "w.png")
 
@@ -245,3 +344,74 @@ def test_other_pillow_formats_are_refused(tmp_path):
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(UnreadableScanError, match="not found"):
         read_raster(tmp_path / "absent.png")
+
+
+# --- every failure is an UnreadableScanError ------------------------------------------------
+
+
+def fuzz_sources(tmp_path: Path) -> list[Path]:
+    noise = np.random.default_rng(3).integers(0, 256, (24, 32), np.uint8)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    return [
+        save(Image.fromarray(noise), tmp_path / "v.png"),
+        save(Image.fromarray(noise), tmp_path / "v.tif", exif=exif),
+        save(Image.fromarray(noise), tmp_path / "pages.tif", save_all=True, append_images=[Image.fromarray(noise)]),
+        save(Image.fromarray(noise), tmp_path / "v.jpg", quality=90, exif=exif),
+    ]
+
+
+def mutations(raw: bytes, seed: int, count: int = 30) -> list[bytes]:
+    """``count`` copies of ``raw`` with 1-3 bytes overwritten, mostly in the first 400 (the headers)."""
+    rng = np.random.default_rng(seed)
+    special = [0x00, 0x01, 0x7F, 0x80, 0xFF]
+    out = []
+    for _ in range(count):
+        mutated = bytearray(raw)
+        limit = len(raw) if rng.random() < 0.25 else min(len(raw), 400)
+        for _ in range(rng.integers(1, 4)):
+            value = special[rng.integers(len(special))] if rng.random() < 0.6 else rng.integers(256)
+            mutated[rng.integers(limit)] = int(value)
+        out.append(bytes(mutated))
+    return out
+
+
+def test_damaged_bytes_raise_only_unreadable_scan_errors_with_one_line_reasons(tmp_path, recwarn):
+    for seed, source in enumerate(fuzz_sources(tmp_path)):
+        damaged = tmp_path / f"damaged{source.suffix}"
+        for number, raw in enumerate(mutations(source.read_bytes(), seed)):
+            damaged.write_bytes(raw)
+            for read in (read_raster, read_raster_header):
+                try:
+                    read(damaged)
+                except UnreadableScanError as exc:
+                    assert exc.reason.strip() and "\n" not in str(exc), (source.name, number, read.__name__)
+                except Exception as exc:  # noqa: BLE001 - the point of the test
+                    pytest.fail(f"{read.__name__}({source.name} mutation {number}) raised {type(exc).__name__}: {exc}")
+
+
+def second_page_tags(raw: bytes) -> dict[int, int]:
+    """Byte offset of each tag entry in the second IFD of a little-endian TIFF (Pillow writes "II")."""
+    def entries(ifd: int) -> tuple[dict[int, int], int]:
+        count = int.from_bytes(raw[ifd:ifd + 2], "little")
+        tags = {int.from_bytes(raw[ifd + 2 + 12 * i:ifd + 4 + 12 * i], "little"): ifd + 2 + 12 * i for i in range(count)}
+        return tags, int.from_bytes(raw[ifd + 2 + 12 * count:ifd + 6 + 12 * count], "little")
+
+    _, second = entries(int.from_bytes(raw[4:8], "little"))
+    return entries(second)[0]
+
+
+@pytest.mark.parametrize("tag,field,value,reason", [
+    (256, 0, 0xFE, "Missing dimensions"),  # ImageWidth renumbered to an unknown tag: Pillow raises TypeError
+    (259, 8, 83, "KeyError 83"),  # Compression value 83: Pillow raises KeyError
+])
+def test_damaged_second_tiff_page_is_unreadable_not_a_pillow_error(tmp_path, tag, field, value, reason):
+    page = Image.fromarray(np.zeros((4, 5), np.uint8))
+    path = save(page, tmp_path / "pages.tif", save_all=True, append_images=[page])
+    damaged = bytearray(path.read_bytes())
+    entry = second_page_tags(bytes(damaged))[tag]
+    damaged[entry + field:entry + field + 2] = value.to_bytes(2, "little")
+    path.write_bytes(bytes(damaged))
+    for read in (read_raster, read_raster_header):  # the page count is read by both
+        with pytest.raises(UnreadableScanError, match=f"cannot be decoded: {reason}$"):
+            read(path)

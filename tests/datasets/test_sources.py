@@ -37,10 +37,18 @@ def write_manifest(path, rows, columns=("path", "label", "patient_id")):
 def test_class_folders_give_labels_from_folder_names(tmp_path):
     write_image(tmp_path / "normal" / "a.dcm")
     write_image(tmp_path / "opacity" / "deeper" / "b.dcm", patient_id="P2")
-    scans = load_scans(tmp_path)
+    scans = load_scans(tmp_path, labelled=True)
     assert scans.layout == "classes"
     assert {(r.path.name, r.label) for r in scans.records} == {("a.dcm", "normal"), ("b.dcm", "opacity")}
     assert scans.classes == ("normal", "opacity")
+
+
+def test_patient_named_folders_are_not_taken_for_classes_unless_labels_are_needed(tmp_path):
+    write_image(tmp_path / "DOE_JOHN_MRN12345" / "STUDY1" / "IM0001")
+    write_image(tmp_path / "ROE_JANE_MRN67890" / "STUDY1" / "IM0001", patient_id="P2")
+    scans = load_scans(tmp_path)
+    assert scans.layout == "unlabelled" and scans.classes == ()
+    assert "DOE_JOHN" not in repr([r.label for r in scans.records])
 
 
 def test_file_beside_class_folders_is_recorded_without_a_label(tmp_path):
@@ -129,7 +137,8 @@ def test_layout_detection(tmp_path):
     (tmp_path / "man" / "manifest.csv").write_text("path,label\n")
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "x.dcm").write_bytes(b"")
-    assert detect_layout(tmp_path / "cls") == "classes"
+    assert detect_layout(tmp_path / "cls", labelled=True) == "classes"
+    assert detect_layout(tmp_path / "cls") == "unlabelled"
     assert detect_layout(tmp_path / "man") == "manifest"
     assert detect_layout(tmp_path / "man" / "manifest.csv") == "manifest"
     assert detect_layout(tmp_path / "flat") == "unlabelled"
@@ -167,3 +176,59 @@ def test_scanning_a_folder_reads_headers_only(tmp_path, monkeypatch, cohort):
     monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(no_decoding))
     scans = load_scans(tmp_path / "images")
     assert len(scans.records) == cohort.n_images and scans.unreadable == []
+
+
+@pytest.mark.parametrize("header", ["PatientID", "Patient ID", "patient-id", " PATIENT_ID "])
+def test_patient_id_column_spellings_are_recognised_and_pseudonymised(tmp_path, header):
+    write_image(tmp_path / "a.dcm", patient_id="OTHER")
+    manifest = write_manifest(tmp_path / "m.csv", [["a.dcm", "x", "MRN0000"]], columns=("path", "label", header))
+    (record,) = load_scans(manifest).records
+    assert record.patient_key == load_scans(write_manifest(
+        tmp_path / "n.csv", [["a.dcm", "x", "MRN0000"]], columns=("path", "label", "patient_id"))).records[0].patient_key
+    assert "MRN0000" not in repr(record)
+
+
+def test_columns_equal_after_normalising_are_refused(tmp_path):
+    write_image(tmp_path / "a.dcm")
+    manifest = write_manifest(tmp_path / "m.csv", [["a.dcm", "x", "y"]], columns=("path", "Label", "label"))
+    with pytest.raises(ManifestError, match="label appear more than once"):
+        load_scans(manifest)
+
+
+def test_manifest_that_is_not_utf8_names_the_file(tmp_path):
+    write_image(tmp_path / "a.dcm")
+    (tmp_path / "m.csv").write_bytes("path,label,site\na.dcm,x,Zürich\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match="m.csv: not UTF-8 text"):
+        load_scans(tmp_path / "m.csv")
+
+
+def test_manifest_paths_with_backslashes_and_outside_the_folder_are_found(tmp_path):
+    write_image(tmp_path / "images" / "sub" / "a.dcm")
+    write_image(tmp_path / "elsewhere" / "b.dcm")
+    (tmp_path / "lists").mkdir()
+    manifest = write_manifest(tmp_path / "lists" / "m.csv", [["..\\images\\sub\\a.dcm", "x"], ["../elsewhere/b.dcm", "y"]],
+                              columns=("path", "label"))
+    scans = load_scans(manifest)
+    assert scans.unreadable == []
+    assert sorted(scans.relative(r.path) for r in scans.records) == ["../elsewhere/b.dcm", "../images/sub/a.dcm"]
+
+
+def test_symlinked_class_folders_are_followed_and_broken_links_reported(tmp_path):
+    write_image(tmp_path / "store" / "normal" / "a.dcm")
+    write_image(tmp_path / "store" / "opacity" / "b.dcm")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "normal").symlink_to(tmp_path / "store" / "normal")
+    (data / "opacity").symlink_to(tmp_path / "store" / "opacity")
+    (tmp_path / "store" / "opacity" / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (tmp_path / "store" / "opacity" / "loop").symlink_to(tmp_path / "store")  # must not recurse forever
+    scans = load_scans(data, layout="classes")
+    assert sorted((r.path.name, r.label) for r in scans.records) == [("a.dcm", "normal"), ("b.dcm", "opacity")]
+    assert [u.path.name for u in scans.unreadable] == ["gone.dcm"]
+    assert "cannot be opened" in scans.unreadable[0].reason
+
+
+def test_layout_that_needs_a_folder_refuses_a_file(tmp_path):
+    manifest = write_manifest(tmp_path / "m.csv", [])
+    with pytest.raises(NotADirectoryError, match="needs a folder"):
+        load_scans(manifest, layout="classes")

@@ -52,9 +52,9 @@ def test_same_seed_same_split_different_seed_different_split(cohort):
 
 
 def test_split_does_not_depend_on_the_pseudonym_salt(cohort, monkeypatch):
-    monkeypatch.setenv("MEDXFER_SALT", "one")
+    monkeypatch.setenv("MEDXFER_SALT", "first-salt-0123456789")
     first = {r.path: r.split for r in assign_splits(load_labelled(cohort.manifest), seed=3).records}
-    monkeypatch.setenv("MEDXFER_SALT", "two")
+    monkeypatch.setenv("MEDXFER_SALT", "second-salt-0123456789")
     second = {r.path: r.split for r in assign_splits(load_labelled(cohort.manifest), seed=3).records}
     assert first == second
 
@@ -124,7 +124,7 @@ def test_without_patient_ids_it_warns_and_splits_by_file(cohort, tmp_path, monke
     import dataclasses
 
     anonymous = dataclasses.replace(data, records=[dataclasses.replace(r, patient_key=None) for r in data.records])
-    with pytest.warns(SplitWarning, match="no patient ids"):
+    with pytest.warns(SplitWarning, match="have no patient id"):
         scans = assign_splits(anonymous)
     assert Counter(r.split for r in scans.records).keys() == {"train", "val", "test"}
 
@@ -140,3 +140,29 @@ def test_splits_csv_lists_every_file_with_pseudonyms_only(cohort, tmp_path):
     text = out.read_text()
     assert not any(pid in text for pid in raw_ids)
     assert [p.name for p in out.parent.iterdir()] == ["splits.csv"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("val, test", [(0.0, 0.15), (2.0, 0.15), (0.15, -0.1), (0.5, 0.45)])
+def test_impossible_fractions_are_refused(cohort, val, test):
+    with pytest.raises(SplitError, match="fraction|less than 10%"):
+        assign_splits(load_labelled(cohort.manifest), val_fraction=val, test_fraction=test)
+
+
+def test_a_class_missing_from_a_split_is_reported(cohort):
+    import dataclasses
+
+    data = load_labelled(cohort.manifest)
+    rare_patients = sorted({r.patient_key for r in data.records if r.label == "opacity"})[:2]
+    records = [r for r in data.records if r.label == "normal" or r.patient_key in rare_patients]
+    rare = dataclasses.replace(data, records=records)
+    with pytest.warns(SplitWarning, match="opacity have no images in (val|test)"):
+        assign_splits(rare, seed=0)
+
+
+def test_some_files_without_patient_id_are_counted_in_a_warning(cohort):
+    import dataclasses
+
+    data = load_labelled(cohort.manifest)
+    records = [dataclasses.replace(r, patient_key=None) if i < 5 else r for i, r in enumerate(data.records)]
+    with pytest.warns(SplitWarning, match=f"5 of {len(records)} file\\(s\\) have no patient id"):
+        assign_splits(dataclasses.replace(data, records=records))

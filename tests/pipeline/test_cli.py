@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from medxfer.datasets import phantom
 from medxfer.pipeline.cli import main
 
 
@@ -161,3 +163,47 @@ def test_missing_path_is_a_clear_error(tmp_path):
     result = run("inspect", str(tmp_path / "nowhere"))
     assert result.returncode == 1
     assert "no such file or folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_installed_console_script_runs():
+    script = Path(sys.executable).parent / "medxfer"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "usage: medxfer" in result.stdout
+
+
+def test_inspect_does_not_print_patient_folder_names_as_labels(tmp_path, cohort):
+    for i, name in enumerate(["DOE_JOHN_MRN12345", "ROE_JANE_MRN67890"]):
+        (tmp_path / name / "STUDY1").mkdir(parents=True)
+        shutil.copy(sorted((cohort.root / "images").rglob("*.dcm"))[i], tmp_path / name / "STUDY1" / "IM0001")
+    result = run("inspect", str(tmp_path))
+    assert result.returncode == 0
+    assert "DOE_JOHN" not in result.stdout and "--layout classes" in result.stdout
+    summary = json.loads(run("inspect", str(tmp_path), "--json").stdout)
+    assert "labels" not in summary and summary["readable"] == 2
+
+
+def test_output_to_a_folder_is_a_clear_error(cohort, tmp_path):
+    result = run("split", str(cohort.manifest), "--out", str(tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "error" in result.stderr
+
+
+def test_closed_pipe_ends_quietly(cohort):
+    result = subprocess.run(f"{sys.executable} -m medxfer inspect {cohort.root} --json | head -1",
+                            shell=True, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "{"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_third_party_warnings_are_not_echoed(tmp_path):
+    path = phantom.encode_dicom(np.zeros((4, 4), np.float32), tmp_path / "a.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PatientID = "MRN12345"
+    ds.save_as(path)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"MRN12345") - 4
+    raw[at:at + 2] = b"IS"  # pydicom warns "Invalid value for VR IS: 'MRN12345'" on access
+    path.write_bytes(bytes(raw))
+    result = run("inspect", str(tmp_path), "--decode")
+    assert result.returncode == 0 and "1 readable" in result.stdout
+    assert "MRN12345" not in result.stdout + result.stderr

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from medxfer import files
+
+
+def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "out" / "report.csv"
+    files.atomic_write_text(target, "a,b\n")
+    files.atomic_write_text(target, "c,d\n")
+    assert target.read_text() == "c,d\n"
+    assert os.listdir(target.parent) == ["report.csv"]
+
+
+def test_atomic_write_follows_the_umask_like_a_plain_open(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        target = files.atomic_write_bytes(tmp_path / "x.bin", b"1")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        files.atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["keep.txt"]
