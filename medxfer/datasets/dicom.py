@@ -295,6 +295,8 @@ def _default_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
         item = ds.VOILUTSequence[0]
         entries, first = int(item.LUTDescriptor[0]) or 2**16, int(item.LUTDescriptor[1])
         table = apply_voi_lut(np.arange(first, first + entries), ds, prefer_lut=True)
+        # The table's own extremes, not its descriptor's nominal bit depth: some writers declare
+        # 16 bits for 12-bit entries, which would leave the image in the bottom 1/16 of [0, 1].
         lo, hi = float(table.min()), float(table.max())
         out = apply_voi_lut(np.rint(values).astype(np.int64), ds, prefer_lut=True)
         label = "file VOI LUT"

@@ -42,7 +42,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
-from medxfer.datasets.scan import Scan, UnreadableScanError
+from medxfer.datasets.scan import Scan, UnreadableScanError, first_line
 
 # Suffixes nibabel decompresses: the stored size says nothing about the data size.
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")
@@ -101,15 +101,11 @@ def _nibabel_errors(path: Path) -> Iterator[None]:
     except FileNotFoundError:
         raise UnreadableScanError(path, "file not found or not accessible") from None
     except HeaderDataError as exc:
-        raise UnreadableScanError(path, f"invalid NIfTI header: {_first_line(exc)}") from None
+        raise UnreadableScanError(path, f"invalid NIfTI header: {first_line(exc)}") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise UnreadableScanError(path, f"corrupt or truncated gzip data: {_first_line(exc)}") from None
+        raise UnreadableScanError(path, f"corrupt or truncated gzip data: {first_line(exc)}") from None
     except (OSError, ValueError) as exc:
-        raise UnreadableScanError(path, f"unreadable NIfTI data: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableScanError(path, f"unreadable NIfTI data: {first_line(exc)}") from None
 
 
 def _load(path: Path) -> nib.Nifti1Pair:

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
-from medxfer.datasets.scan import Scan, UnreadableScanError
+from medxfer.datasets.scan import Scan, UnreadableScanError, first_line
 
 _PILLOW_FORMATS = ("PNG", "JPEG", "TIFF")
 # Pillow format name -> meta["format"]; Pillow's JPEG opener returns "MPO" for a JPEG holding
@@ -133,14 +133,9 @@ def _pillow_errors(path: Path) -> Iterator[None]:
     # KeyError for an unknown Compression value when it reaches a later page (counting pages);
     # on the first page Image.open turns them into UnidentifiedImageError.
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError) as exc:
-        raise UnreadableScanError(path, f"cannot be decoded: {_first_line(exc)}") from None
+        raise UnreadableScanError(path, f"cannot be decoded: {first_line(exc)}") from None
     except LookupError as exc:  # the message is only the key or index: name the error
-        raise UnreadableScanError(path, f"cannot be decoded: {type(exc).__name__} {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise UnreadableScanError(path, f"cannot be decoded: {type(exc).__name__} {first_line(exc)}") from None
 
 
 @contextmanager

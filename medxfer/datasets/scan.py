@@ -24,6 +24,12 @@ class UnreadableScanError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library messages often run on), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @dataclass(frozen=True, eq=False)
 class Scan:
     """One decoded image or volume.

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from medxfer.datasets.scan import UnreadableScanError
 
-FORMATS = ("dicom", "nifti", "png", "jpeg", "tiff")
-
 # Groups a dataset without the 128-byte preamble can start with: the file meta group, or the
 # first element of the main dataset (identifying/patient/study/image groups), little endian.
 _PREAMBLELESS_GROUPS = {0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
@@ -39,7 +37,7 @@ def _nifti_header(head: bytes) -> bool:
 
 
 def sniff_format(path: str | Path) -> str:
-    """Return one of ``FORMATS`` for ``path``, judged from its content.
+    """Return ``dicom``, ``nifti``, ``png``, ``jpeg`` or ``tiff`` for ``path``, judged from its content.
 
     Raises ``UnreadableScanError`` for an empty file, a directory, or content that is none of them.
     """

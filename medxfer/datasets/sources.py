@@ -227,7 +227,12 @@ def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
             for values in reader:
                 if not any(v.strip() for v in values):
                     continue  # blank line
-                row = dict(zip(columns, values + [""] * (len(columns) - len(values))))
+                if len(values) > len(columns):
+                    raise ManifestError(
+                        f"{manifest}, line {reader.line_num}: {len(values)} values but {len(columns)} "
+                        "columns (a comma inside an unquoted value?)"
+                    )
+                row = dict(zip(columns, values + [""] * (len(columns) - len(values)), strict=True))
                 rows.append({k: v for k, v in row.items() if not _is_identifying(k)})
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None

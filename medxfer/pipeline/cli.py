@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from medxfer import __version__
-from medxfer.datasets.scan import MedxferWarning
 from medxfer.datasets import phantom
 from medxfer.datasets.inventory import inspect_path
+from medxfer.datasets.scan import MedxferWarning
 from medxfer.datasets.sources import (
     LAYOUTS,
     ManifestError,

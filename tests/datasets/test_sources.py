@@ -232,3 +232,10 @@ def test_layout_that_needs_a_folder_refuses_a_file(tmp_path):
     manifest = write_manifest(tmp_path / "m.csv", [])
     with pytest.raises(NotADirectoryError, match="needs a folder"):
         load_scans(manifest, layout="classes")
+
+
+def test_row_with_more_values_than_columns_is_refused(tmp_path):
+    write_image(tmp_path / "a.dcm")
+    (tmp_path / "m.csv").write_text("path,label,site\na.dcm,normal,Mercy, North\n")
+    with pytest.raises(ManifestError, match="line 2: 4 values but 3 columns"):
+        load_scans(tmp_path / "m.csv")
