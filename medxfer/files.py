@@ -7,10 +7,14 @@ import tempfile
 from pathlib import Path
 
 
-def _new_file_mode() -> int:
-    mask = os.umask(0)
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read the umask is to set it and set it back
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+# Read once: os.umask is process-wide, so reading it on every write would race with threads.
+_NEW_FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -23,7 +27,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; a plain open() would follow the umask
+        # mkstemp makes 0600: keep an existing file's mode, else follow the umask like open() does
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

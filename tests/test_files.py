@@ -16,13 +16,16 @@ def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
     assert os.listdir(target.parent) == ["report.csv"]
 
 
-def test_atomic_write_follows_the_umask_like_a_plain_open(tmp_path):
-    previous = os.umask(0o022)
-    try:
-        target = files.atomic_write_bytes(tmp_path / "x.bin", b"1")
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+def test_new_file_follows_the_umask_and_an_existing_file_keeps_its_mode(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    fresh = files.atomic_write_bytes(tmp_path / "x.bin", b"1")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
+    private = tmp_path / "private.bin"
+    private.write_bytes(b"0")
+    private.chmod(0o600)
+    files.atomic_write_bytes(private, b"1")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):

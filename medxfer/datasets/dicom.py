@@ -10,6 +10,8 @@ inverting exactly once, whichever of the two (or both) the file declares.
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -51,11 +53,23 @@ def _one_line(exc: BaseException) -> str:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence pydicom's value-validation warnings: their text quotes element values, which for
-    identifying elements (PatientID with a wrong VR...) would leak them to the user's terminal."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    """Silence pydicom while medxfer reads a file: its value-validation warnings and log records
+    quote element values, which for identifying elements (a PatientID with a wrong VR, a damaged
+    UID running into the patient module...) would put them in the user's terminal or log files.
+    medxfer reports every failure itself. Restores pydicom's settings afterwards (process-wide
+    state: do not share one process between threads that read DICOM and rely on pydicom's log)."""
+    settings = pydicom.config.settings
+    mode, logger = settings.reading_validation_mode, logging.getLogger("pydicom")
+    was_disabled = logger.disabled
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        settings.reading_validation_mode = mode
+        logger.disabled = was_disabled
 
 
 def _open(path: Path, *, header_only: bool) -> Dataset:
@@ -211,7 +225,7 @@ def _integer(ds: Dataset, keyword: str) -> int | None:
 # objects keep at the top level: rescale, window and pixel spacing.
 _FUNCTIONAL_GROUPS = {
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
-    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence"),
     "PixelMeasuresSequence": ("PixelSpacing",),
 }
 
@@ -224,11 +238,12 @@ def has_functional_groups(ds: Dataset) -> bool:
 def frame_view(ds: Dataset, index: int) -> Dataset:
     """``ds`` itself for a classic object; for an enhanced one, a shallow copy whose top level
     carries frame ``index``'s rescale, window and spacing (shared groups, then the frame's own),
-    so that pydicom's LUT functions, which read the top level, apply them. pydicom's
-    ``apply_modality_lut``/``apply_voi_lut`` do not look into functional groups themselves."""
+    so that pydicom's LUT functions, which read only the top level, apply them. ``ds`` is never
+    modified."""
     if not has_functional_groups(ds):
         return ds
-    view = ds.copy()
+    view = copy.copy(ds)
+    view._dict = dict(ds._dict)  # pydicom's copy shares the element dict: the view gets its own
     groups = list(ds.get("SharedFunctionalGroupsSequence") or [])[:1]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     if index < len(per_frame):
@@ -239,8 +254,13 @@ def frame_view(ds: Dataset, index: int) -> Dataset:
             if items:
                 for keyword in keywords:
                     if keyword in items[0]:
-                        setattr(view, keyword, items[0][keyword].value)
+                        element = items[0][keyword]
+                        view[element.tag] = element  # replaces the entry in the view's dict only
     return view
+
+
+def _has_voi(ds: Dataset) -> bool:
+    return "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
 
 
 def read_dicom_header(path: str | Path) -> dict[str, Any]:
@@ -251,11 +271,12 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
     compressed stream is only found by decoding (``read_dicom``).
     """
     path = Path(path)
-    ds = _open(path, header_only=True)
-    _require_pixel_data(ds, path)
-    _require_decoder(ds, path)
-    _check_native_length(ds, path)
-    return dicom_meta(ds)
+    with _quiet():
+        ds = _open(path, header_only=True)
+        _require_pixel_data(ds, path)
+        _require_decoder(ds, path)
+        _check_native_length(ds, path)
+        return dicom_meta(ds)
 
 
 def _decode(ds: Dataset, path: Path, frame: int | None) -> np.ndarray:
@@ -340,6 +361,22 @@ def _grayscale(arr: np.ndarray, ds: Dataset, window: Window) -> tuple[np.ndarray
     return rescale_to_unit(values, window)
 
 
+def _enhanced_frames(arr: np.ndarray, ds: Dataset, window: Window) -> tuple[np.ndarray, str]:
+    """Every frame of an enhanced object with its own rescale; the default window is each
+    frame's own VOI where the file gives one, and min-max over all frames where it gives none
+    (as for classic multi-frame objects)."""
+    views = [frame_view(ds, i) for i in range(len(arr))]
+    values = np.stack([apply_modality_lut(a, v) for a, v in zip(arr, views, strict=True)]).astype(np.float64)
+    if window != "default":
+        return rescale_to_unit(values, window)
+    if not any(_has_voi(v) for v in views):
+        return _default_voi(values, views[0])
+    frames = [_default_voi(values[i], views[i]) for i in range(len(views))]
+    labels = list(dict.fromkeys(label for _, label in frames))
+    how = labels[0] if len(labels) == 1 else f"file window per frame ({len(labels)} different; frame 0: {labels[0]})"
+    return np.stack([gray for gray, _ in frames]), how
+
+
 def read_dicom(path: str | Path, *, window: Window = "default", frame: int | None = None) -> Scan:
     """Decode a DICOM image to a ``Scan`` with pixels in [0, 1], air dark and bone bright.
 
@@ -352,6 +389,11 @@ def read_dicom(path: str | Path, *, window: Window = "default", frame: int | Non
     """
     path = Path(path)
     window = parse_window(window)
+    with _quiet():
+        return _read(path, window, frame)
+
+
+def _read(path: Path, window: Window, frame: int | None) -> Scan:
     ds = _open(path, header_only=False)
     _require_pixel_data(ds, path)
     _require_decoder(ds, path)
@@ -364,12 +406,7 @@ def read_dicom(path: str | Path, *, window: Window = "default", frame: int | Non
         if window != "default":
             gray, how = rescale_to_unit(gray, window)
     elif has_functional_groups(ds) and frame is None and arr.ndim == 3:
-        if window == "default":
-            frames = [_grayscale(arr[i], frame_view(ds, i), window) for i in range(len(arr))]
-            gray, how = np.stack([f[0] for f in frames]), frames[0][1] + " (each frame its own)"
-        else:
-            values = np.stack([apply_modality_lut(a, frame_view(ds, i)) for i, a in enumerate(arr)])
-            gray, how = rescale_to_unit(values.astype(np.float64), window)
+        gray, how = _enhanced_frames(arr, ds, window)
     else:
         gray, how = _grayscale(arr, frame_view(ds, frame or 0), window)
     inverted = not is_color and needs_inversion(ds)

@@ -89,20 +89,28 @@ def pseudonym_salt() -> bytes:
     Taken from ``$MEDXFER_SALT`` when set (share it to compare keys across machines); otherwise a
     random salt created once per user at ``$XDG_CONFIG_HOME/medxfer/pseudonym-salt`` (mode 0600).
     A secret salt matters: hospital patient IDs are short and a public salt could be brute-forced.
-    Raises ``ValueError`` for a salt shorter than ``MIN_SALT_BYTES``.
+    Raises ``SaltError`` for a salt shorter than ``MIN_SALT_BYTES`` or a salt file that cannot be
+    created or read.
     """
     env = os.environ.get(SALT_ENV)
-    if env is not None:
+    if env:  # set and not empty
         return _checked(env.encode("utf-8"), f"${SALT_ENV}")
     path = _config_dir() / "pseudonym-salt"
-    if not path.exists():
-        _create_salt_file(path)
-    return _checked(path.read_bytes(), str(path))
+    try:
+        if not path.exists():
+            _create_salt_file(path)
+        return _checked(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise SaltError(f"cannot create or read the pseudonym salt {path}: {exc.strerror}; set ${SALT_ENV}") from None
+
+
+class SaltError(ValueError):
+    """The pseudonym salt is missing, unreadable or too short: a set-up problem, not a bad file."""
 
 
 def _checked(salt: bytes, source: str) -> bytes:
     if len(salt) < MIN_SALT_BYTES:
-        raise ValueError(
+        raise SaltError(
             f"the pseudonym salt from {source} is {len(salt)} bytes; at least {MIN_SALT_BYTES} are needed "
             "so that patient keys cannot be reversed by trying every ID"
         )
@@ -123,8 +131,12 @@ def _create_salt_file(path: Path) -> None:
             os.link(tmp, path)
         except FileExistsError:  # another process won the race: keep its salt
             pass
+        except OSError:  # a file system without hard links: a rename is still all-or-nothing
+            if not path.exists():
+                os.replace(tmp, path)
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def patient_key(patient_id: object, salt: bytes | None = None) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from medxfer.datasets.dicom import read_dicom, read_dicom_header
 from medxfer.datasets.intensity import Window, parse_window
+from medxfer.datasets.metadata import SaltError
 from medxfer.datasets.nifti import read_nifti, read_nifti_header
 from medxfer.datasets.raster import read_raster, read_raster_header
 from medxfer.datasets.scan import Scan, UnreadableScanError
@@ -21,9 +22,11 @@ def _guarded(path: Path, read: Callable[[], T]) -> T:
     ``path``, so callers handle one exception type whatever library failed underneath."""
     try:
         return read()
-    except (UnreadableScanError, KeyboardInterrupt, SystemExit):
+    except (UnreadableScanError, SaltError, KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - also Rust decoder panics, which are BaseExceptions
+        if isinstance(exc, Warning):  # a warning raised as an error (-W error) may quote header values
+            raise UnreadableScanError(path, f"cannot be read ({type(exc).__name__} raised as an error)") from None
         raise UnreadableScanError(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
 
 

@@ -21,7 +21,7 @@ class UnreadableScanError(ValueError):
         self.path = Path(path)
         # One printable line whatever the source (decoder messages, bytes from a corrupt header).
         self.reason = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{self.path}: {self.reason}")
 
 
 def first_line(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key
+from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key, pseudonym_salt
 from medxfer.datasets.reader import read_header, read_scan
 from medxfer.datasets.scan import MedxferWarning, UnreadableScanError
 
@@ -26,13 +26,25 @@ SPLIT_NAMES = {
     "val": "val", "valid": "val", "validation": "val", "tune": "val",
     "test": "test", "testing": "test", "holdout": "test",
 }
-# Manifest columns that identify a patient directly: dropped on reading, never copied anywhere.
-# Compared without underscores, after ``normalise_column``.
-IDENTIFYING_COLUMNS = frozenset({
-    "patientname", "name", "firstname", "lastname", "surname", "birthdate", "patientbirthdate",
-    "dob", "dateofbirth", "accession", "accessionnumber", "mrn", "medicalrecordnumber", "ssn",
-    "nhsnumber", "address", "phone",
+# Manifest columns that hold a patient identifier: read as ``patient_id``, which is replaced by a
+# pseudonymous key on reading. Compared after removing everything but letters and digits.
+PATIENT_ID_COLUMNS = frozenset({
+    "patientid", "patient", "pid", "mrn", "patientmrn", "patientnumber", "patientno", "subject",
+    "subjectid", "medicalrecordnumber", "idpatient",
 })
+
+
+def is_identifying_column(column: str) -> bool:
+    """True for manifest columns that identify a patient directly (names, birth dates, accession
+    and national numbers, contact details): they are dropped on reading, never copied anywhere."""
+    key = re.sub(r"[^a-z0-9]", "", column.lower())
+    return (
+        ("patient" in key and "name" in key)
+        or key in {"name", "firstname", "lastname", "surname", "givenname", "familyname", "fullname"}
+        or "birth" in key or key == "dob" or key.endswith("dob")
+        or "accession" in key
+        or key in {"ssn", "nhsnumber", "nationalid", "address", "phone", "telephone", "email"}
+    )
 
 
 class ManifestError(ValueError):
@@ -90,23 +102,37 @@ class ScanSet:
         return Path(os.path.relpath(path, self.root)).as_posix()
 
 
-def iter_files(root: Path) -> list[Path]:
-    """Every file below ``root``, sorted, skipping hidden files and folders.
+def iter_files(root: Path) -> tuple[list[Path], list[UnreadableFile]]:
+    """Every file below ``root`` in sorted order, skipping hidden files and folders, and the
+    folders that could not be listed.
 
-    Symbolic links to folders are followed (each real folder visited once, so a link loop ends);
-    a broken link is listed, so that it is reported as unreadable rather than silently dropped.
+    Symbolic links to folders are followed, except one that leads back into a folder on its own
+    path (a loop); a broken link is listed, so that it is reported as unreadable rather than
+    silently dropped. The walk is sorted, so the result does not depend on the file system.
     """
     found: list[Path] = []
-    visited: set[str] = set()
-    for folder, subfolders, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in visited:
-            subfolders.clear()
-            continue
-        visited.add(real)
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        found.extend(Path(folder) / name for name in files if not name.startswith("."))
-    return sorted(found)
+    problems: list[UnreadableFile] = []
+
+    def record(error: OSError) -> None:
+        problems.append(UnreadableFile(Path(error.filename or root), f"folder cannot be listed: {error.strerror}"))
+
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=record):
+        here = Path(folder)
+        chain = {os.path.realpath(p) for p in [here, *here.parents] if p == root or root in p.parents}
+        subfolders[:] = sorted(
+            name for name in subfolders
+            if not name.startswith(".") and os.path.realpath(here / name) not in chain
+        )
+        found.extend(here / name for name in files if not name.startswith("."))
+    return sorted(found), problems
+
+
+def _same_file_groups(paths: list[Path]) -> list[list[Path]]:
+    """Groups of paths (reached through links) that name one and the same file, each sorted."""
+    by_target: dict[str, list[Path]] = {}
+    for path in paths:
+        by_target.setdefault(os.path.realpath(path), []).append(path)
+    return [sorted(names) for names in by_target.values() if len(names) > 1]
 
 
 def _probe(path: Path, decode: bool) -> dict[str, Any]:
@@ -141,23 +167,38 @@ def _record(path: Path, header: dict[str, Any], label: str | None) -> ScanRecord
 
 
 def from_class_folders(root: str | Path, *, decode: bool = False) -> ScanSet:
-    """A folder with one subfolder per class; every file below a subfolder has that label."""
+    """A folder with one subfolder per class; every file below a subfolder has that label.
+
+    A file reachable under two names (through a link) is read once if both names are in one
+    class, and is unreadable if they are in different classes: its label would be ambiguous.
+    """
     root = Path(os.path.abspath(root))
-    labelled = [(path, path.relative_to(root).parts[0]) for path in iter_files(root)]
-    stray = {path for path, _ in labelled if path.parent == root}
-    headers, unreadable = scan_headers([p for p, _ in labelled if p not in stray], decode=decode)
-    unreadable += [UnreadableFile(p, "file beside the class folders, so it has no label") for p in sorted(stray)]
-    records = [_record(p, headers[p], label) for p, label in labelled if p in headers]
-    return ScanSet(root, "classes", records, sorted(unreadable, key=lambda u: u.path))
+    files, unreadable = iter_files(root)
+    label_of = {path: path.relative_to(root).parts[0] for path in files if path.parent != root}
+    unreadable += [UnreadableFile(p, "file beside the class folders, so it has no label") for p in files if p not in label_of]
+    for names in _same_file_groups(list(label_of)):
+        labels = sorted({label_of[n] for n in names})
+        if len(labels) > 1:
+            reason = f"the same file is also under class(es) {', '.join(labels)} (through a link)"
+            unreadable += [UnreadableFile(n, reason) for n in names]
+        for name in names if len(labels) > 1 else names[1:]:  # one class: keep the first name
+            del label_of[name]
+    labelled = [p for p in files if p in label_of]
+    headers, failed = scan_headers(labelled, decode=decode)
+    records = [_record(p, headers[p], label_of[p]) for p in labelled if p in headers]
+    return ScanSet(root, "classes", records, sorted(unreadable + failed, key=lambda u: u.path))
 
 
 def from_unlabelled_folder(root: str | Path, *, decode: bool = False) -> ScanSet:
-    """Every file below ``root`` (recursively), without labels: for inference and adaptation."""
+    """Every file below ``root`` (recursively), without labels: for inference and adaptation.
+    A file reachable under several names (through links) is read once, under its first name."""
     root = Path(os.path.abspath(root))
-    files = iter_files(root)
-    headers, unreadable = scan_headers(files, decode=decode)
+    files, unreadable = iter_files(root)
+    repeats = {name for names in _same_file_groups(files) for name in names[1:]}
+    files = [p for p in files if p not in repeats]
+    headers, failed = scan_headers(files, decode=decode)
     records = [_record(p, headers[p], None) for p in files if p in headers]
-    return ScanSet(root, "unlabelled", records, unreadable)
+    return ScanSet(root, "unlabelled", records, sorted(unreadable + failed, key=lambda u: u.path))
 
 
 def _normalise_split(value: str, where: str) -> str | None:
@@ -184,17 +225,10 @@ def _manifest_meta(row: dict[str, str]) -> dict[str, Any]:
 
 
 def normalise_column(name: str) -> str:
-    """``Patient ID``, ``PatientID`` and ``patient-id`` all become ``patient_id``; other names are
+    """``Patient ID``, ``PatientID``, ``MRN`` and the like become ``patient_id``; other names are
     lower-cased with runs of spaces and hyphens turned into ``_``."""
     column = re.sub(r"[\s\-]+", "_", name.strip().lower())
-    return _COLUMN_ALIASES.get(column.replace("_", ""), column)
-
-
-_COLUMN_ALIASES = {"patientid": "patient_id", "subjectid": "patient_id"}
-
-
-def _is_identifying(column: str) -> bool:
-    return column.replace("_", "") in IDENTIFYING_COLUMNS
+    return "patient_id" if re.sub(r"[^a-z0-9]", "", column) in PATIENT_ID_COLUMNS else column
 
 
 def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
@@ -210,12 +244,16 @@ def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
             if header is None:
                 raise ManifestError(f"{manifest}: empty manifest (no header row)")
             columns = [normalise_column(name) for name in header]
-            repeated = sorted({c for c in columns if columns.count(c) > 1})
+            named = [c for c in columns if c]  # spreadsheets often add empty trailing columns
+            repeated = sorted({c for c in named if named.count(c) > 1})
             if repeated:
-                raise ManifestError(f"{manifest}: column(s) {', '.join(repeated)} appear more than once")
+                originals = [h.strip() for h, c in zip(header, columns, strict=True) if c in repeated]
+                raise ManifestError(
+                    f"{manifest}: columns {', '.join(originals)} all mean {', '.join(repeated)}; keep one"
+                )
             if "path" not in columns:
-                raise ManifestError(f"{manifest}: no 'path' column (columns: {', '.join(columns)})")
-            dropped = sorted(c for c in columns if _is_identifying(c))
+                raise ManifestError(f"{manifest}: no 'path' column (columns: {', '.join(named)})")
+            dropped = sorted(c for c in named if is_identifying_column(c))
             if dropped:
                 warnings.warn(
                     f"{manifest}: identifying column(s) {', '.join(dropped)} ignored; "
@@ -232,8 +270,10 @@ def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
                         f"{manifest}, line {reader.line_num}: {len(values)} values but {len(columns)} "
                         "columns (a comma inside an unquoted value?)"
                     )
-                row = dict(zip(columns, values + [""] * (len(columns) - len(values)), strict=True))
-                rows.append({k: v for k, v in row.items() if not _is_identifying(k)})
+                padded = values + [""] * (len(columns) - len(values))
+                if any(v.strip() for c, v in zip(columns, padded, strict=True) if not c):
+                    raise ManifestError(f"{manifest}, line {reader.line_num}: a value in a column without a name")
+                rows.append({c: v for c, v in zip(columns, padded, strict=True) if c and not is_identifying_column(c)})
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
     except csv.Error as exc:
@@ -248,7 +288,7 @@ def from_manifest(manifest: str | Path, *, decode: bool = False) -> ScanSet:
     manifest = Path(os.path.abspath(manifest))
     root = manifest.parent
     rows = read_manifest_rows(manifest)
-    seen: dict[Path, int] = {}
+    seen: dict[str, int] = {}
     entries = []
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         where = f"{manifest}, row {number}"
@@ -258,9 +298,10 @@ def from_manifest(manifest: str | Path, *, decode: bool = False) -> ScanSet:
         if "\x00" in raw_path:
             raise ManifestError(f"{where}: the path contains a NUL character")
         path = Path(os.path.abspath(root / raw_path))  # normalised, symlinks kept as named
-        if path in seen:
-            raise ManifestError(f"{where}: {row['path']} already listed on row {seen[path]}")
-        seen[path] = number
+        target = os.path.realpath(path)
+        if target in seen:
+            raise ManifestError(f"{where}: {row['path']} is the same file as row {seen[target]}")
+        seen[target] = number
         entries.append((path, row, _normalise_split(row.get("split", ""), where)))
     present = [path for path, _, _ in entries if path.is_file()]
     headers, unreadable = scan_headers(present, decode=decode)
@@ -312,6 +353,7 @@ def load_scans(path: str | Path, *, layout: str = "auto", decode: bool = False, 
     path = Path(path)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    pseudonym_salt()  # a bad salt is one error now, not one unreadable file per DICOM later
     if layout == "auto":
         layout = detect_layout(path, labelled=labelled)
     if layout == "manifest":
@@ -330,6 +372,8 @@ def load_labelled(path: str | Path, *, layout: str = "auto", skip_unreadable: bo
     """A labelled training set: every record must have a label, and unreadable files stop it
     early, all listed at once, unless ``skip_unreadable`` (they stay listed in ``unreadable``)."""
     scans = load_scans(path, layout=layout, labelled=True)
+    if layout == "auto" and scans.layout == "classes":
+        _refuse_patient_folders(scans)
     if scans.layout == "unlabelled":
         raise ValueError(f"{path}: no labels found (give a folder of class subfolders or a manifest with a label column)")
     missing = [r.path for r in scans.records if r.label is None]
@@ -340,6 +384,22 @@ def load_labelled(path: str | Path, *, layout: str = "auto", skip_unreadable: bo
     if len(scans.classes) < 2:
         raise ValueError(f"{path}: a classifier needs at least two classes, found {list(scans.classes)}")
     return scans
+
+
+def _refuse_patient_folders(scans: ScanSet) -> None:
+    """Stop when guessed class folders look like one folder per patient (a PACS export), whose
+    names would otherwise become labels in every output. Folder names are not repeated here."""
+    patients: dict[str, set[str]] = {}
+    for record in scans.records:
+        if record.patient_key is not None:
+            patients.setdefault(record.label or "", set()).add(record.patient_key)
+    single = sum(len(keys) == 1 for keys in patients.values())
+    if len(patients) >= 3 and single >= 0.8 * len(patients):
+        raise ValueError(
+            f"{scans.root}: {single} of its {len(patients)} subfolders each hold a single patient, so they "
+            "look like one folder per patient, not per class; give a manifest with a label column, or "
+            "--layout classes (layout='classes') if they really are classes"
+        )
 
 
 def with_splits(scans: ScanSet, splits: list[str]) -> ScanSet:

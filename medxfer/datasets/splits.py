@@ -61,14 +61,6 @@ def _carve(
             f"only {n_groups} patient(s) to split: too few for a {fraction:.0%} {name} split "
             f"(needs at least {folds})"
         )
-    if labels is not None:
-        patients = {label: len(np.unique(groups[candidates][labels[candidates] == label]))
-                    for label in np.unique(labels[candidates])}
-        if all(n < folds for n in patients.values()):
-            raise SplitError(
-                f"every class has fewer than {folds} patients ({_format(patients)}): too few for a "
-                f"{fraction:.0%} {name} split stratified by label"
-            )
     x = np.zeros(len(candidates))
     if labels is None:
         splitter = GroupShuffleSplit(n_splits=1, test_size=1.0 / folds, random_state=seed)
@@ -77,12 +69,11 @@ def _carve(
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         with warnings.catch_warnings():  # a class missing from a split is reported by _checked
             warnings.simplefilter("ignore", UserWarning)
-            _, picked = next(splitter.split(x, labels[candidates], groups=groups[candidates]))
+            try:
+                _, picked = next(splitter.split(x, labels[candidates], groups=groups[candidates]))
+            except ValueError as exc:  # e.g. every class smaller than the number of folds
+                raise SplitError(f"cannot make a {fraction:.0%} {name} split stratified by label: {exc}") from None
     return candidates[np.sort(picked)]
-
-
-def _format(counts: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
 def _validate_fractions(val_fraction: float, test_fraction: float) -> None:

@@ -172,15 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Synthetic CR/DX chest radiographs from two simulated sites, two classes "
                                    "(normal, opacity), a manifest.csv and a few NIfTI volumes. Deterministic.")
     p.add_argument("out", type=Path, help="output folder")
-    p.add_argument("--patients", type=_positive, default=80, help="number of patients (default: 80)")
+    p.add_argument("--patients", type=positive, default=80, help="number of patients (default: 80)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--volumes", type=_count, default=3, help="number of NIfTI volumes (default: 3)")
+    p.add_argument("--volumes", type=count, default=3, help="number of NIfTI volumes (default: 3)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on a phantom cohort",
                        description="Generate a phantom cohort, inspect it and split it by patient.")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
-    p.add_argument("--patients", type=_positive, default=80, help="number of phantom patients (default: 80)")
+    p.add_argument("--patients", type=positive, default=80, help="number of phantom patients (default: 80)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -193,14 +193,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         print(f"medxfer: warning: {message}", file=sys.stderr)
 
 
-def _count(text: str) -> int:
+def count(text: str) -> int:
+    """argparse type: an integer, 0 or more (named so argparse's messages read well)."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
+    """argparse type: an integer, 1 or more."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")

@@ -363,7 +363,80 @@ def test_invalid_identifier_values_do_not_leak_through_pydicom_warnings(tmp_path
 
 
 def test_malformed_files_only_ever_raise_unreadable_scan_error(tmp_path, recwarn):
-    for seed, name in enumerate(["MR_small.dcm", "RG1_J2KR.dcm", "emri_small_RLE.dcm"]):
+    for seed, name in enumerate(["MR_small.dcm", "MR_small_jp2klossless.dcm", "emri_small_RLE.dcm"]):
         raw = open(data(name), "rb").read()
         variants = [v[:128] + b"DICM" + v[132:] for v in mutations(raw, seed, count=40)]  # keep the magic
         assert_fails_cleanly([read_header, read_scan], tmp_path / "fuzz.dcm", variants, name)
+
+
+def _enhanced_with_per_frame_values(tmp_path, photometric="MONOCHROME2"):
+    """eCT_Supplemental with its shared rescale and window replaced by different per-frame ones."""
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(data("eCT_Supplemental.dcm"))
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    del shared.PixelValueTransformationSequence, shared.FrameVOILUTSequence
+    for group, (slope, intercept, center, width) in zip(
+        ds.PerFrameFunctionalGroupsSequence, [(1, -1024, 40, 80), (2, -2048, 300, 1500)], strict=True
+    ):
+        rescale, voi = Dataset(), Dataset()
+        rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = slope, intercept, "HU"
+        voi.WindowCenter, voi.WindowWidth = center, width
+        group.PixelValueTransformationSequence = [rescale]
+        group.FrameVOILUTSequence = [voi]
+    ds.PhotometricInterpretation = photometric
+    path = tmp_path / f"enhanced_{photometric}.dcm"
+    ds.save_as(path)
+    return path, ds.pixel_array.astype(np.float64)
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_enhanced_frames_each_get_their_own_rescale_and_window(tmp_path, photometric):
+    path, stored = _enhanced_with_per_frame_values(tmp_path, photometric)
+    expected = np.stack([
+        np.clip((stored[0] - 1024 - 39.5) / 79 + 0.5, 0, 1),
+        np.clip((2 * stored[1] - 2048 - 299.5) / 1499 + 0.5, 0, 1),
+    ])
+    if photometric == "MONOCHROME1":
+        expected = 1.0 - expected
+    scan = read_scan(path)
+    np.testing.assert_allclose(scan.pixels, expected, atol=1e-6)
+    assert "per frame" in scan.meta["window"]
+    for k in (0, 1):
+        np.testing.assert_array_equal(read_scan(path, frame=k).pixels, scan.pixels[k])
+
+
+def test_reading_an_enhanced_object_does_not_modify_the_dataset(tmp_path):
+    path, _ = _enhanced_with_per_frame_values(tmp_path)
+    ds = pydicom.dcmread(path)
+    before = {k: k in ds for k in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "PixelSpacing")}
+    dicom_module.dicom_meta(ds)
+    dicom_module.frame_view(ds, 1)
+    assert {k: k in ds for k in before} == before == {k: False for k in before}
+
+
+def test_pydicom_log_records_do_not_carry_identifiers(tmp_path, caplog):
+    path = phantom.encode_dicom(np.zeros((4, 4), np.float32), tmp_path / "a.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PatientID = "MRN12345"
+    ds.save_as(path)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"MRN12345") - 4
+    raw[at:at + 2] = b"IS"
+    path.write_bytes(bytes(raw))
+    with caplog.at_level("DEBUG"):
+        read_header(path)
+        read_scan(path)
+    assert "MRN12345" not in caplog.text
+
+
+def test_warnings_raised_as_errors_do_not_put_their_text_in_the_reason(tmp_path, monkeypatch):
+    path = phantom.encode_dicom(np.zeros((4, 4), np.float32), tmp_path / "a.dcm")
+
+    def warn_with_identifier(*args, **kwargs):
+        raise UserWarning("Invalid value for VR IS: 'MRN12345'")  # what -W error turns a warning into
+
+    monkeypatch.setattr(dicom_module, "dicom_meta", warn_with_identifier)
+    with pytest.raises(UnreadableScanError) as caught:
+        read_header(path)
+    assert "MRN12345" not in str(caught.value) and "UserWarning" in caught.value.reason

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key, pseudonym_salt
+from medxfer.datasets.metadata import SaltError, normalise_sex, parse_age, patient_key, pseudonym_salt
 
 
 @pytest.mark.parametrize(
@@ -41,11 +41,24 @@ def test_salt_comes_from_the_environment(monkeypatch):
     assert patient_key("123") == patient_key("123", salt=b"shared-secret-of-our-study")
 
 
-@pytest.mark.parametrize("salt", ["", "short"])
-def test_short_or_empty_salt_is_refused(monkeypatch, salt):
-    monkeypatch.setenv("MEDXFER_SALT", salt)
-    with pytest.raises(ValueError, match="at least 16 are needed"):
+def test_short_salt_is_refused(monkeypatch):
+    monkeypatch.setenv("MEDXFER_SALT", "short")
+    with pytest.raises(SaltError, match="at least 16 are needed"):
         patient_key("123")
+
+
+def test_empty_salt_variable_counts_as_unset(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDXFER_SALT", "")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert pseudonym_salt() == (tmp_path / "medxfer" / "pseudonym-salt").read_bytes()
+
+
+def test_unwritable_config_folder_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("MEDXFER_SALT")
+    (tmp_path / "medxfer").write_text("a file where the folder should be")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    with pytest.raises(SaltError, match="cannot create or read the pseudonym salt.*MEDXFER_SALT"):
+        pseudonym_salt()
 
 
 def test_truncated_salt_file_is_refused_not_used(monkeypatch, tmp_path):
@@ -53,7 +66,7 @@ def test_truncated_salt_file_is_refused_not_used(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     (tmp_path / "medxfer").mkdir()
     (tmp_path / "medxfer" / "pseudonym-salt").write_bytes(b"")
-    with pytest.raises(ValueError, match="pseudonym-salt is 0 bytes"):
+    with pytest.raises(SaltError, match="pseudonym-salt is 0 bytes"):
         pseudonym_salt()
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from medxfer.datasets import dicom as dicom_module
 from medxfer.datasets import phantom
+from medxfer.datasets.metadata import SaltError
 from medxfer.datasets.sources import (
     ManifestError,
     UnreadableFilesError,
@@ -85,7 +86,7 @@ def test_manifest_patient_id_and_header_patient_id_give_the_same_key(tmp_path):
 def test_manifest_problems_name_the_row(tmp_path):
     write_image(tmp_path / "a.dcm")
     dup = write_manifest(tmp_path / "dup.csv", [["a.dcm", "x", "1"], ["./a.dcm", "y", "1"]])
-    with pytest.raises(ManifestError, match="row 3: ./a.dcm already listed on row 2"):
+    with pytest.raises(ManifestError, match="row 3: ./a.dcm is the same file as row 2"):
         load_scans(dup)
     bad_split = write_manifest(tmp_path / "split.csv", [["a.dcm", "x", "1", "holdin"]],
                                columns=("path", "label", "patient_id", "split"))
@@ -191,7 +192,7 @@ def test_patient_id_column_spellings_are_recognised_and_pseudonymised(tmp_path, 
 def test_columns_equal_after_normalising_are_refused(tmp_path):
     write_image(tmp_path / "a.dcm")
     manifest = write_manifest(tmp_path / "m.csv", [["a.dcm", "x", "y"]], columns=("path", "Label", "label"))
-    with pytest.raises(ManifestError, match="label appear more than once"):
+    with pytest.raises(ManifestError, match="columns Label, label all mean label"):
         load_scans(manifest)
 
 
@@ -213,19 +214,81 @@ def test_manifest_paths_with_backslashes_and_outside_the_folder_are_found(tmp_pa
     assert sorted(scans.relative(r.path) for r in scans.records) == ["../elsewhere/b.dcm", "../images/sub/a.dcm"]
 
 
-def test_symlinked_class_folders_are_followed_and_broken_links_reported(tmp_path):
-    write_image(tmp_path / "store" / "normal" / "a.dcm")
-    write_image(tmp_path / "store" / "opacity" / "b.dcm")
+@pytest.mark.parametrize("classes", [("normal", "opacity"), ("malignant", "benign")])
+def test_symlinked_class_folders_are_followed_and_broken_links_reported(tmp_path, classes):
+    first, second = classes
+    write_image(tmp_path / "store" / first / "a.dcm")
+    write_image(tmp_path / "store" / second / "b.dcm")
     data = tmp_path / "data"
     data.mkdir()
-    (data / "normal").symlink_to(tmp_path / "store" / "normal")
-    (data / "opacity").symlink_to(tmp_path / "store" / "opacity")
-    (tmp_path / "store" / "opacity" / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
-    (tmp_path / "store" / "opacity" / "loop").symlink_to(tmp_path / "store")  # must not recurse forever
+    for label in classes:
+        (data / label).symlink_to(tmp_path / "store" / label)
+    (tmp_path / "store" / second / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (tmp_path / "store" / second / "loop").symlink_to(tmp_path / "store")  # leads into both classes
     scans = load_scans(data, layout="classes")
-    assert sorted((r.path.name, r.label) for r in scans.records) == [("a.dcm", "normal"), ("b.dcm", "opacity")]
-    assert [u.path.name for u in scans.unreadable] == ["gone.dcm"]
-    assert "cannot be opened" in scans.unreadable[0].reason
+    # The loop makes a.dcm reachable under both classes: refused under both names, whichever
+    # class the file system lists first; b.dcm is reached once (the loop back into its own class
+    # is cut) and keeps its label.
+    labelled = [(r.path.relative_to(data).as_posix(), r.label) for r in scans.records]
+    assert labelled == [(f"{second}/b.dcm", second)]
+    by_name = {u.path.relative_to(data).as_posix(): u.reason for u in scans.unreadable}
+    assert set(by_name) == {f"{first}/a.dcm", f"{second}/loop/{first}/a.dcm", f"{second}/gone.dcm"}
+    assert "cannot be opened" in by_name[f"{second}/gone.dcm"]
+    assert "same file is also under class" in by_name[f"{first}/a.dcm"]
+
+
+def test_a_file_linked_into_two_classes_is_refused_not_given_either_label(tmp_path):
+    write_image(tmp_path / "normal" / "a.dcm")
+    write_image(tmp_path / "opacity" / "b.dcm")
+    (tmp_path / "opacity" / "also_a.dcm").symlink_to(tmp_path / "normal" / "a.dcm")
+    scans = load_scans(tmp_path, layout="classes")
+    assert [r.path.name for r in scans.records] == ["b.dcm"]
+    assert sorted(u.path.name for u in scans.unreadable) == ["a.dcm", "also_a.dcm"]
+
+
+def test_labelled_loading_refuses_folders_that_look_like_one_per_patient(tmp_path):
+    for i in range(5):
+        write_image(tmp_path / f"DOE^JOHN_MRN{i:05d}" / "STUDY1" / "IM0001", patient_id=f"MRN{i:05d}")
+    with pytest.raises(ValueError, match="look like one folder per patient") as caught:
+        load_labelled(tmp_path)
+    assert "DOE" not in str(caught.value)
+    assert len(load_labelled(tmp_path, layout="classes").classes) == 5  # when the user insists
+
+
+def test_empty_trailing_columns_from_spreadsheets_are_ignored(tmp_path):
+    write_image(tmp_path / "a.dcm")
+    (tmp_path / "m.csv").write_text("path,label,,\na.dcm,normal,,\n")
+    (record,) = load_scans(tmp_path / "m.csv").records
+    assert record.label == "normal"
+    (tmp_path / "n.csv").write_text("path,label,\na.dcm,normal,stray\n")
+    with pytest.raises(ManifestError, match="a value in a column without a name"):
+        load_scans(tmp_path / "n.csv")
+
+
+@pytest.mark.parametrize("column", ["MRN", "Patient Number", "subject", "PID"])
+def test_patient_identifier_columns_are_hashed_not_dropped(tmp_path, column):
+    write_image(tmp_path / "a.dcm")
+    manifest = write_manifest(tmp_path / "m.csv", [["a.dcm", "x", "MRN-42"]], columns=("path", "label", column))
+    (record,) = load_scans(manifest).records
+    assert record.patient_key == load_scans(write_manifest(
+        tmp_path / "n.csv", [["a.dcm", "x", "MRN-42"]], columns=("path", "label", "patient_id"))).records[0].patient_key
+    assert "MRN-42" not in repr(record)
+
+
+@pytest.mark.parametrize("column", ["Patient's Name", "PatientsName", "Patient DOB", "AccessionNo", "date of birth"])
+def test_identifying_column_spellings_are_dropped(tmp_path, column):
+    write_image(tmp_path / "a.dcm")
+    manifest = write_manifest(tmp_path / "m.csv", [["a.dcm", "x", "SECRET-VALUE"]], columns=("path", "label", column))
+    with pytest.warns(UserWarning, match="ignored"):
+        scans = load_scans(manifest)
+    assert "SECRET-VALUE" not in repr(scans)
+
+
+def test_bad_salt_stops_before_scanning_instead_of_failing_every_file(tmp_path, monkeypatch):
+    write_image(tmp_path / "a.dcm")
+    monkeypatch.setenv("MEDXFER_SALT", "short")
+    with pytest.raises(SaltError):
+        load_scans(tmp_path)
 
 
 def test_layout_that_needs_a_folder_refuses_a_file(tmp_path):

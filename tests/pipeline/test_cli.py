@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -188,11 +189,31 @@ def test_output_to_a_folder_is_a_clear_error(cohort, tmp_path):
     assert "Traceback" not in result.stderr and "error" in result.stderr
 
 
-def test_closed_pipe_ends_quietly(cohort):
-    result = subprocess.run(f"{sys.executable} -m medxfer inspect {cohort.root} --json | head -1",
+def test_closed_pipe_ends_quietly(tmp_path):
+    for i in range(3000):  # enough unreadable entries that the JSON overflows a pipe's buffer
+        (tmp_path / f"junk{i:04d}.dcm").write_bytes(b"x")
+    result = subprocess.run(f"{sys.executable} -m medxfer inspect {tmp_path} --json | head -1",
                             shell=True, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "{"
-    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+    assert result.stderr == ""
+
+
+def test_bad_salt_is_one_clear_error(cohort):
+    env = {**os.environ, "MEDXFER_SALT": "short"}
+    result = subprocess.run([sys.executable, "-m", "medxfer", "inspect", str(cohort.root / "images")],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1
+    assert "at least 16 are needed" in result.stderr and result.stdout == ""
+
+
+def test_split_refuses_patient_folders_without_naming_them(tmp_path, cohort):
+    for i, path in enumerate(sorted((cohort.root / "images").rglob("*.dcm"))[:6]):
+        folder = tmp_path / f"DOE^JOHN_{i:02d}" / "STUDY1"
+        folder.mkdir(parents=True)
+        shutil.copy(path, folder / "IM0001")
+    result = run("split", str(tmp_path), "--out", str(tmp_path / "s.csv"))
+    assert result.returncode == 1 and "one folder per patient" in result.stderr
+    assert "DOE" not in result.stderr + result.stdout
 
 
 def test_third_party_warnings_are_not_echoed(tmp_path):
