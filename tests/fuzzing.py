@@ -1,4 +1,5 @@
-"""Deterministic byte damage for tests that check readers fail only with UnreadableScanError."""
+"""Damaged files for tests: deterministic byte damage, and a DICOM whose PatientID makes pydicom
+complain (quoting the ID) when it is read."""
 
 from __future__ import annotations
 
@@ -38,3 +39,20 @@ def assert_fails_cleanly(readers: list[Callable], target: Path, variants: list[b
                 assert exc.reason.strip() and "\n" not in str(exc), (label, number, read.__name__)
             except Exception as exc:  # noqa: BLE001 - the point of the check
                 pytest.fail(f"{read.__name__}({label} mutation {number}) raised {type(exc).__name__}: {exc}")
+
+
+def dicom_with_invalid_patient_id(path: Path, patient_id: str = "MRN12345") -> Path:
+    """A phantom DICOM whose PatientID element claims VR IS (integer string): pydicom's warning
+    and log record on reading it quote the ID, so outputs can be searched for a leak."""
+    import pydicom
+
+    from medxfer.datasets import phantom
+
+    phantom.encode_dicom(np.zeros((4, 4), np.float32), path, patient={"PatientID": patient_id})
+    raw = bytearray(path.read_bytes())
+    at = raw.index(patient_id.encode()) - 4  # explicit VR: tag (4 bytes), VR (2), length (2), value
+    assert raw[at:at + 2] == b"LO"
+    raw[at:at + 2] = b"IS"
+    path.write_bytes(bytes(raw))
+    pydicom.dcmread(path)  # still parses
+    return path

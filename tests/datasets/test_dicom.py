@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from fuzzing import assert_fails_cleanly, mutations
+from fuzzing import assert_fails_cleanly, dicom_with_invalid_patient_id, mutations
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -348,15 +348,7 @@ def test_dicomdir_is_refused_naming_its_sop_class():
 
 
 def test_invalid_identifier_values_do_not_leak_through_pydicom_warnings(tmp_path, recwarn):
-    path = phantom.encode_dicom(np.zeros((4, 4), np.float32), tmp_path / "a.dcm")
-    ds = pydicom.dcmread(path)
-    ds.PatientID = "MRN12345"
-    ds.save_as(path)
-    raw = bytearray(path.read_bytes())
-    at = raw.index(b"MRN12345") - 4  # VR of PatientID: LO -> IS, so validation complains on access
-    assert raw[at:at + 2] == b"LO"
-    raw[at:at + 2] = b"IS"
-    path.write_bytes(bytes(raw))
+    path = dicom_with_invalid_patient_id(tmp_path / "a.dcm")
     read_header(path)
     read_scan(path)
     assert not any("MRN12345" in str(w.message) for w in recwarn)
@@ -416,14 +408,7 @@ def test_reading_an_enhanced_object_does_not_modify_the_dataset(tmp_path):
 
 
 def test_pydicom_log_records_do_not_carry_identifiers(tmp_path, caplog):
-    path = phantom.encode_dicom(np.zeros((4, 4), np.float32), tmp_path / "a.dcm")
-    ds = pydicom.dcmread(path)
-    ds.PatientID = "MRN12345"
-    ds.save_as(path)
-    raw = bytearray(path.read_bytes())
-    at = raw.index(b"MRN12345") - 4
-    raw[at:at + 2] = b"IS"
-    path.write_bytes(bytes(raw))
+    path = dicom_with_invalid_patient_id(tmp_path / "a.dcm")
     with caplog.at_level("DEBUG"):
         read_header(path)
         read_scan(path)

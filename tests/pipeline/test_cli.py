@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from fuzzing import dicom_with_invalid_patient_id
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from medxfer.datasets import phantom
 from medxfer.pipeline.cli import main
 
 
@@ -217,14 +217,7 @@ def test_split_refuses_patient_folders_without_naming_them(tmp_path, cohort):
 
 
 def test_third_party_warnings_are_not_echoed(tmp_path):
-    path = phantom.encode_dicom(np.zeros((4, 4), np.float32), tmp_path / "a.dcm")
-    ds = pydicom.dcmread(path)
-    ds.PatientID = "MRN12345"
-    ds.save_as(path)
-    raw = bytearray(path.read_bytes())
-    at = raw.index(b"MRN12345") - 4
-    raw[at:at + 2] = b"IS"  # pydicom warns "Invalid value for VR IS: 'MRN12345'" on access
-    path.write_bytes(bytes(raw))
+    dicom_with_invalid_patient_id(tmp_path / "a.dcm")
     result = run("inspect", str(tmp_path), "--decode")
     assert result.returncode == 0 and "1 readable" in result.stdout
     assert "MRN12345" not in result.stdout + result.stderr
