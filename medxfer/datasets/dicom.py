@@ -46,11 +46,6 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 _PROBE = np.array([-1e15, 1e15])
 
 
-def _one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (decoders' and parsers' messages often span several)."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Silence pydicom while medxfer reads a file: its value-validation warnings and log records
@@ -82,7 +77,7 @@ def _open(path: Path, *, header_only: bool) -> Dataset:
                 path, force=True, defer_size=_HEADER_DEFER_BYTES if header_only else None
             )
     except Exception as exc:  # pydicom raises many types on malformed input; each becomes a reason
-        raise UnreadableScanError(path, f"not a readable DICOM file ({_one_line(exc)})") from None
+        raise UnreadableScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     for warning in caught:
         if "End of file reached" in str(warning.message):
             raise UnreadableScanError(path, "truncated: the file ends inside its pixel data")
@@ -289,8 +284,9 @@ def _decode(ds: Dataset, path: Path, frame: int | None) -> np.ndarray:
         raise
     except BaseException as exc:  # noqa: BLE001
         # Decoders raise many types, and the Rust RLE decoder panics with a BaseException on some
-        # corrupt streams: each becomes one line for the user instead of ending a batch job.
-        raise UnreadableScanError(path, f"pixel data cannot be decoded ({_one_line(exc)})") from None
+        # corrupt streams: each becomes a reason (UnreadableScanError makes it one line) instead
+        # of ending a batch job.
+        raise UnreadableScanError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
 def _color_to_gray(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:

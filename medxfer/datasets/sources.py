@@ -34,10 +34,15 @@ PATIENT_ID_COLUMNS = frozenset({
 })
 
 
+def _compact(column: str) -> str:
+    """A column name reduced to lower-case letters and digits, for matching spelling variants."""
+    return re.sub(r"[^a-z0-9]", "", column.lower())
+
+
 def is_identifying_column(column: str) -> bool:
     """True for manifest columns that identify a patient directly (names, birth dates, accession
     and national numbers, contact details): they are dropped on reading, never copied anywhere."""
-    key = re.sub(r"[^a-z0-9]", "", column.lower())
+    key = _compact(column)
     return (
         ("patient" in key and "name" in key)
         or key in {"name", "firstname", "lastname", "surname", "givenname", "familyname", "fullname"}
@@ -228,7 +233,7 @@ def normalise_column(name: str) -> str:
     """``Patient ID``, ``PatientID``, ``MRN`` and the like become ``patient_id``; other names are
     lower-cased with runs of spaces and hyphens turned into ``_``."""
     column = re.sub(r"[\s\-]+", "_", name.strip().lower())
-    return "patient_id" if re.sub(r"[^a-z0-9]", "", column) in PATIENT_ID_COLUMNS else column
+    return "patient_id" if _compact(column) in PATIENT_ID_COLUMNS else column
 
 
 def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
