@@ -49,6 +49,7 @@ Patient names, IDs, birth dates and accession numbers never appear in any output
 """
 
 MAX_ROWS = 8
+PRESET_CHOICES = ("none", "light", "standard", "strong")  # medxfer.transforms.PRESET_NAMES, without importing MONAI
 
 
 def _format_counts(counts: dict[str, int]) -> str:
@@ -138,6 +139,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    # Imported here: MONAI takes seconds to import and the other commands do not need it.
+    from medxfer.datasets.reader import read_scan
+    from medxfer.datasets.volume import volume_to_2d
+    from medxfer.transforms import InputSpec, XrayPipeline, augmentation, parse_override, preview_grid, write_preview
+
+    overrides = dict(parse_override(item) for item in args.set)
+    params = augmentation(args.preset, overrides)
+    scan = read_scan(args.path, window=args.window)
+    pixels = volume_to_2d(scan.pixels, args.volume_strategy) if scan.is_volume else scan.pixels
+    pipeline = XrayPipeline(InputSpec(image_size=args.image_size, fit=args.fit), params)
+    grid = preview_grid(pixels, pipeline, draws=args.draws, seed=args.seed)
+    out = write_preview(grid, args.out)
+    changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    print(f"preset {args.preset}" + (f" with {changed}" if changed else "")
+          + f": {args.draws} random draws of {args.path} at {args.image_size} px")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medxfer", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -176,6 +197,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--volumes", type=count, default=3, help="number of NIfTI volumes (default: 3)")
     p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("augment-preview", help="show one scan under several random augmentations",
+                       description="Render a grid: the scan as the network will see it, then several random "
+                                   "draws of an augmentation preset, so you can check the preset looks like "
+                                   "plausible radiographs before training. Presets: none, light, standard, "
+                                   "strong; change one parameter with --set NAME=VALUE (see the README table).")
+    p.add_argument("path", type=Path, help="one scan: DICOM, NIfTI, PNG, JPEG or TIFF")
+    p.add_argument("--preset", choices=PRESET_CHOICES, default="standard", help="augmentation preset (default: standard)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one preset parameter, e.g. --set rotation=5 --set gamma=0.9,1.1 (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("augment-preview.png"),
+                   help="output PNG (default: augment-preview.png)")
+    p.add_argument("--draws", type=positive, default=11, help="number of random draws (default: 11)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--image-size", type=positive, default=224, help="network input side in pixels (default: 224)")
+    p.add_argument("--fit", choices=("letterbox", "crop", "squash"), default="letterbox",
+                   help="how a non-square scan becomes square (default: letterbox, which keeps the aspect ratio)")
+    p.add_argument("--window", default="default",
+                   help="default, minmax, percentile or CENTER,WIDTH in the scan's units (default: default)")
+    p.add_argument("--volume-strategy", choices=("middle", "mip", "2.5d"), default="middle",
+                   help="how a volume or multi-frame scan becomes 2D (default: middle slice)")
+    p.set_defaults(func=cmd_augment_preview)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on a phantom cohort",
                        description="Generate a phantom cohort, inspect it and split it by patient.")

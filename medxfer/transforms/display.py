@@ -1,0 +1,80 @@
+"""Display processing that differs between sites: the window a film is read at, and CLAHE.
+
+Each random transform draws its parameters, then calls a deterministic function. MONAI has no
+window jitter (its ``ScaleIntensityRange``, used here, is the fixed window) and no CLAHE;
+scikit-image's ``equalize_adapthist`` is the maintained CLAHE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from monai.transforms import RandomizableTransform, ScaleIntensityRange
+from skimage.exposure import equalize_adapthist
+
+from medxfer.transforms.geometry import plain_tensor
+
+
+def window(image: torch.Tensor, center: float, width: float) -> torch.Tensor:
+    """Re-window a [0, 1] display image: values in [center - width/2, center + width/2] map
+    linearly to [0, 1], values outside are clipped. (0.5, 1.0) leaves the image unchanged."""
+    transform = ScaleIntensityRange(
+        a_min=center - width / 2, a_max=center + width / 2, b_min=0.0, b_max=1.0, clip=True
+    )
+    return plain_tensor(transform(image))
+
+
+class RandWindowJitter(RandomizableTransform):
+    """With probability ``prob``: re-window with the center moved uniformly by up to
+    +-``center_shift`` and the width multiplied by a factor log-uniform in
+    [1 / (1 + ``width_change``), 1 + ``width_change``]."""
+
+    def __init__(self, center_shift: float, width_change: float, prob: float) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.center_shift, self.width_change = center_shift, width_change
+        self._center, self._width = 0.5, 1.0
+
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            self._center = 0.5 + self.R.uniform(-self.center_shift, self.center_shift)
+            spread = math.log1p(self.width_change)
+            self._width = math.exp(self.R.uniform(-spread, spread))
+
+    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return image
+        return window(image, self._center, self._width)
+
+
+def clahe(image: torch.Tensor, clip_limit: float) -> torch.Tensor:
+    """Contrast-limited adaptive histogram equalisation of each channel of a (C, H, W) image in
+    [0, 1], tiles of 1/8 of the image side, ``clip_limit`` in (0, 1] (higher: more contrast)."""
+    channels = plain_tensor(image).clamp(0.0, 1.0).numpy()
+    out = np.stack([equalize_adapthist(c, clip_limit=clip_limit) for c in channels]).astype(np.float32)
+    return torch.from_numpy(out)
+
+
+class RandCLAHE(RandomizableTransform):
+    """With probability ``prob``: CLAHE with a clip limit uniform in ``clip_range``."""
+
+    def __init__(self, clip_range: tuple[float, float], prob: float) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.clip_range = clip_range
+        self._clip = clip_range[0]
+
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            self._clip = self.R.uniform(*self.clip_range)
+
+    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return image
+        return clahe(image, self._clip)

@@ -1,0 +1,132 @@
+"""The whole path from scan pixels to network input, with training augmentation when asked for.
+
+Order of the steps (each augmentation runs with its own probability):
+
+1. resize keeping the aspect ratio (``InputSpec.fit``);
+2. display and exposure: window jitter, CLAHE, gamma, contrast, brightness, histogram shift;
+   done before padding so the letterbox border stays black;
+3. pad or crop to the square input;
+4. positioning: isotropic affine, random resized crop, horizontal flip (only if asked for);
+5. detector and dose: blur, sharpening, Gaussian noise, quantum noise;
+6. coarse dropout;
+7. clip to [0, 1], give the channels the network takes, normalise with its mean and std.
+
+Augmentation is reproducible per image: ``pipeline(pixels, seed=s)`` gives the same tensor for
+the same ``s`` in any process, which is how ``AugmentedDataset`` makes batches independent of
+the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAdjustContrast,
+    RandCoarseDropout,
+    RandFlip,
+    RandGaussianNoise,
+    RandGaussianSharpen,
+    RandGaussianSmooth,
+    RandHistogramShift,
+    RandScaleIntensityFixedMean,
+    RandShiftIntensity,
+)
+
+from medxfer.transforms.display import RandCLAHE, RandWindowJitter
+from medxfer.transforms.geometry import RandIsotropicAffine, RandResizedCrop, plain_tensor
+from medxfer.transforms.noise import RandQuantumNoise
+from medxfer.transforms.preparation import (
+    InputSpec,
+    fitted_size,
+    normalise,
+    resize,
+    to_channel_first,
+    to_channels,
+    to_square,
+)
+from medxfer.transforms.presets import PRESETS, AugmentParams, augmentation
+
+
+def _exposure_steps(p: AugmentParams) -> list:
+    return [
+        RandWindowJitter(p.window_center, p.window_width, prob=p.window_prob),
+        RandCLAHE(p.clahe_clip, prob=p.clahe_prob),
+        RandAdjustContrast(prob=p.gamma_prob, gamma=p.gamma),
+        RandScaleIntensityFixedMean(prob=p.contrast_prob, factors=p.contrast),
+        RandShiftIntensity(offsets=p.brightness, prob=p.brightness_prob),
+        RandHistogramShift(num_control_points=p.histogram_points, prob=p.histogram_prob),
+    ]
+
+
+def _positioning_steps(p: AugmentParams) -> list:
+    return [
+        RandIsotropicAffine(p.rotation, p.scale, p.translation, prob=p.affine_prob),
+        RandResizedCrop(p.crop_area, p.crop_aspect, prob=p.crop_prob),
+        RandFlip(prob=p.hflip_prob, spatial_axis=1),  # axis 1 of (H, W): left-right
+    ]
+
+
+def _detector_steps(p: AugmentParams, image_size: int) -> list:
+    sharpen_sigma = (0.5, 1.0)
+    return [
+        RandGaussianSmooth(sigma_x=p.blur_sigma, sigma_y=p.blur_sigma, prob=p.blur_prob),
+        # Unsharp masking: a slight blur (sigma 0.5-1 px) plus ``amount`` times the detail
+        # a wider blur removes.
+        RandGaussianSharpen(
+            sigma1_x=sharpen_sigma, sigma1_y=sharpen_sigma, sigma2_x=0.5, sigma2_y=0.5,
+            alpha=p.sharpen_amount, prob=p.sharpen_prob,
+        ),
+        RandGaussianNoise(prob=p.noise_prob, mean=0.0, std=p.noise_std),
+        RandQuantumNoise(p.quantum_photons, prob=p.quantum_prob),
+        RandCoarseDropout(
+            holes=p.dropout_holes, spatial_size=max(1, round(p.dropout_size * image_size)),
+            fill_value=0.0, prob=p.dropout_prob,
+        ),
+    ]
+
+
+class XrayPipeline:
+    """Scan pixels (H, W) in [0, 1], or a (3, H, W) 2.5D input, to a network input tensor
+    (``spec.channels``, S, S), augmented by ``augment`` (parameters or a preset name).
+
+    With preset ``none`` the output is exactly ``prepare_input(pixels, spec)``.
+    """
+
+    def __init__(self, spec: InputSpec | None = None, augment: AugmentParams | str = "none") -> None:
+        self.spec = spec if spec is not None else InputSpec()
+        self.augment = augment if isinstance(augment, AugmentParams) else augmentation(augment)
+        p = self.augment
+        self._exposure = Compose(_exposure_steps(p))
+        self._square = Compose([*_positioning_steps(p), *_detector_steps(p, self.spec.image_size)])
+        # Only the random steps; their order fixes the derived seeds, hence the results.
+        self._random = Compose([self._exposure, self._square])
+
+    @property
+    def augments(self) -> bool:
+        """False when the pipeline only prepares the input (preset ``none``)."""
+        return not self.augment.is_identity
+
+    def display(self, pixels: np.ndarray | torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """The augmented image as a person would see it: (C, S, S) in [0, 1], before channel
+        replication and normalisation. ``seed`` fixes every random draw (same seed, same
+        image); ``None`` continues the pipeline's own random stream."""
+        spec = self.spec
+        image = to_channel_first(pixels)
+        image = resize(image, fitted_size(image.shape[1], image.shape[2], spec.image_size, spec.fit))
+        if not self.augments:
+            return to_square(image, spec)
+        if seed is not None:
+            self._random.set_random_state(seed=int(seed) % 2**32)
+        image = plain_tensor(self._exposure(image)).clamp(0.0, 1.0)
+        image = plain_tensor(self._square(to_square(image, spec)))
+        return image.clamp(0.0, 1.0).contiguous()
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """The network input (``spec.channels``, S, S), float32, normalised."""
+        image = self.display(pixels, seed=seed)
+        return normalise(to_channels(image, self.spec.channels), self.spec.mean, self.spec.std)
+
+    def __repr__(self) -> str:
+        name = next((k for k, v in PRESETS.items() if v == self.augment), "custom")
+        return f"XrayPipeline(spec={self.spec}, augment={name})"

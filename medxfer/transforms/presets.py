@@ -1,0 +1,243 @@
+"""Augmentation parameters, the named presets and their one-parameter-at-a-time overrides.
+
+Every augmentation models something that differs between real acquisitions: positioning
+(affine, crop), exposure and processing (display window, gamma, contrast, brightness,
+histogram shape, CLAHE), detector response (blur, sharpening), dose (Gaussian and quantum
+noise). Intensities are on the [0, 1] display scale of ``Scan.pixels``; sizes are fractions
+of the image side so a preset means the same at any ``image_size``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+PRESET_NAMES = ("none", "light", "standard", "strong")
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """One value per augmentation knob; every ``*_prob`` is the chance (0..1) that the step runs
+    for a given image. The defaults switch everything off (preset ``none``)."""
+
+    # Positioning: rotation in degrees (uniform in +-rotation), isotropic scale in
+    # [1 - scale, 1 + scale], translation as a fraction of the side (uniform in +-translation).
+    rotation: float = 0.0
+    scale: float = 0.0
+    translation: float = 0.0
+    affine_prob: float = 0.0
+    # Random resized crop: keeps a fraction of the area in [crop_area, 1] with an aspect ratio
+    # in [1 / crop_aspect, crop_aspect], resized back to the full side.
+    crop_area: float = 1.0
+    crop_aspect: float = 1.0
+    crop_prob: float = 0.0
+    # Display window jitter: the window's center moves by up to +-window_center (fraction of
+    # the display range); its width is multiplied by a factor in [1 / (1 + w), 1 + w].
+    window_center: float = 0.0
+    window_width: float = 0.0
+    window_prob: float = 0.0
+    # Gamma in [low, high] applied between the image's own minimum and maximum.
+    gamma: tuple[float, float] = (1.0, 1.0)
+    gamma_prob: float = 0.0
+    # Contrast: deviations from the image mean multiplied by a factor in [1 - contrast, 1 + contrast].
+    contrast: float = 0.0
+    contrast_prob: float = 0.0
+    # Brightness: a shift in [-brightness, +brightness].
+    brightness: float = 0.0
+    brightness_prob: float = 0.0
+    # Histogram shift: a random monotone remapping through this many control points.
+    histogram_points: int = 8
+    histogram_prob: float = 0.0
+    # Detector blur: Gaussian sigma in pixels of the network input, drawn per axis from [low, high].
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    blur_prob: float = 0.0
+    # Sharpening (unsharp masking as detector post-processing does): weight in [low, high].
+    sharpen_amount: tuple[float, float] = (0.5, 1.5)
+    sharpen_prob: float = 0.0
+    # Electronic noise: Gaussian with a standard deviation drawn from [0, noise_std].
+    noise_std: float = 0.0
+    noise_prob: float = 0.0
+    # Quantum (dose) noise: Poisson noise for a detector receiving, in unattenuated areas, a
+    # photon count per input pixel drawn log-uniformly from [low, high]; fewer photons mean a
+    # lower dose and more noise, most of it in dense (bright) regions.
+    quantum_photons: tuple[float, float] = (2000.0, 20000.0)
+    quantum_prob: float = 0.0
+    # CLAHE (contrast-limited adaptive histogram equalisation), clip limit drawn from [low, high].
+    clahe_clip: tuple[float, float] = (0.005, 0.02)
+    clahe_prob: float = 0.0
+    # Coarse dropout: this many black squares, each of side dropout_size (fraction of the side).
+    dropout_holes: int = 4
+    dropout_size: float = 0.1
+    dropout_prob: float = 0.0
+    # Horizontal flip moves the heart and the laterality marker; off unless asked for.
+    hflip_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check(f.name, getattr(self, f.name))
+
+    @property
+    def is_identity(self) -> bool:
+        """True when no augmentation can run (every probability is 0)."""
+        return all(getattr(self, f.name) == 0 for f in fields(self) if f.name.endswith("_prob"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, tuples as lists (for YAML/JSON run records)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# Allowed range of each parameter: (low, high) inclusive; ranges are checked on both ends.
+_LIMITS: dict[str, tuple[float, float]] = {
+    "rotation": (0.0, 45.0),
+    "scale": (0.0, 0.5),
+    "translation": (0.0, 0.25),
+    "crop_area": (0.25, 1.0),
+    "crop_aspect": (1.0, 2.0),
+    "window_center": (0.0, 0.5),
+    "window_width": (0.0, 2.0),
+    "gamma": (0.2, 5.0),
+    "contrast": (0.0, 0.9),
+    "brightness": (0.0, 0.5),
+    "histogram_points": (3, 50),
+    "blur_sigma": (0.0, 5.0),
+    "sharpen_amount": (0.0, 10.0),
+    "noise_std": (0.0, 0.5),
+    "quantum_photons": (1.0, 1e7),
+    "clahe_clip": (1e-4, 1.0),
+    "dropout_holes": (1, 64),
+    "dropout_size": (0.01, 0.5),
+}
+
+
+def _check(name: str, value: Any) -> None:
+    low, high = (0.0, 1.0) if name.endswith("_prob") else _LIMITS[name]
+    values = value if isinstance(value, tuple) else (value,)
+    if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
+        raise ValueError(f"augmentation parameter {name} must be a range LOW,HIGH with LOW <= HIGH, got {value}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+            raise ValueError(f"augmentation parameter {name} must lie in [{low:g}, {high:g}], got {value!r}")
+
+
+_NONE = AugmentParams()
+PRESETS: dict[str, AugmentParams] = {
+    "none": _NONE,
+    "light": dataclasses.replace(
+        _NONE,
+        rotation=5.0, scale=0.05, translation=0.03, affine_prob=0.5,
+        window_center=0.05, window_width=0.1, window_prob=0.3,
+        gamma=(0.9, 1.1), gamma_prob=0.3,
+        contrast=0.1, contrast_prob=0.3,
+        brightness=0.05, brightness_prob=0.3,
+        noise_std=0.01, noise_prob=0.2,
+    ),
+    "standard": dataclasses.replace(
+        _NONE,
+        rotation=10.0, scale=0.1, translation=0.05, affine_prob=0.7,
+        crop_area=0.85, crop_aspect=1.1, crop_prob=0.3,
+        window_center=0.1, window_width=0.2, window_prob=0.5,
+        gamma=(0.8, 1.25), gamma_prob=0.5,
+        contrast=0.15, contrast_prob=0.5,
+        brightness=0.1, brightness_prob=0.5,
+        histogram_prob=0.2,
+        blur_sigma=(0.3, 1.0), blur_prob=0.2,
+        sharpen_amount=(0.5, 1.5), sharpen_prob=0.2,
+        noise_std=0.02, noise_prob=0.3,
+        quantum_photons=(2000.0, 20000.0), quantum_prob=0.3,
+    ),
+    "strong": dataclasses.replace(
+        _NONE,
+        rotation=15.0, scale=0.15, translation=0.08, affine_prob=0.9,
+        crop_area=0.75, crop_aspect=1.2, crop_prob=0.5,
+        window_center=0.15, window_width=0.3, window_prob=0.7,
+        gamma=(0.7, 1.4), gamma_prob=0.7,
+        contrast=0.25, contrast_prob=0.7,
+        brightness=0.15, brightness_prob=0.7,
+        histogram_prob=0.3,
+        blur_sigma=(0.3, 1.5), blur_prob=0.3,
+        sharpen_amount=(0.5, 2.0), sharpen_prob=0.3,
+        noise_std=0.03, noise_prob=0.5,
+        quantum_photons=(500.0, 5000.0), quantum_prob=0.5,
+        dropout_holes=4, dropout_size=0.1, dropout_prob=0.3,
+    ),
+}
+
+
+def _parse(name: str, text: str, default: Any) -> Any:
+    """A value written as text (``"5"``, ``"0.8,1.25"``) as the type of ``default``."""
+    try:
+        if isinstance(default, tuple):
+            parts = [p for p in str(text).replace(" ", "").split(",") if p]
+            return tuple(float(p) for p in parts)
+        if isinstance(default, int):
+            number = float(text)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        return float(text)
+    except (TypeError, ValueError):
+        kind = "LOW,HIGH" if isinstance(default, tuple) else ("a whole number" if isinstance(default, int) else "a number")
+        raise ValueError(f"augmentation parameter {name} must be {kind}, got {text!r}") from None
+
+
+def augmentation(preset: str = "standard", overrides: Mapping[str, Any] | None = None) -> AugmentParams:
+    """The parameters of a named preset with some values replaced.
+
+    ``overrides`` maps parameter names to values: numbers, ``(low, high)`` pairs, or their
+    strings as typed on a command line (``"5"``, ``"0.8,1.25"``). An unknown preset or
+    parameter, or a value out of range, raises ``ValueError`` saying what is allowed.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}: use one of {', '.join(PRESET_NAMES)}")
+    params = PRESETS[preset]
+    changes: dict[str, Any] = {}
+    names = [f.name for f in fields(AugmentParams)]
+    for name, value in (overrides or {}).items():
+        if name not in names:
+            raise ValueError(f"unknown augmentation parameter {name!r}; valid parameters: {', '.join(names)}")
+        if isinstance(value, bool):
+            raise ValueError(f"augmentation parameter {name} must be a number, got {value!r}")
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        changes[name] = _parse(name, text, getattr(params, name))
+    return dataclasses.replace(params, **changes)
+
+
+def augmentation_from_config(value: str | Mapping[str, Any] | None) -> AugmentParams:
+    """Parameters from a configuration entry: a preset name (``"light"``), ``None`` (preset
+    ``none``), or a mapping with an optional ``preset`` key (default ``"standard"``) and
+    parameter overrides, e.g. ``{"preset": "light", "rotation": 3}``."""
+    if value is None:
+        return PRESETS["none"]
+    if isinstance(value, str):
+        return augmentation(value)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"augment must be a preset name or a mapping of parameters, got {value!r}")
+    overrides = dict(value)
+    return augmentation(str(overrides.pop("preset", "standard")), overrides)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``"NAME=VALUE"`` (a ``--set`` argument) as ``(name, value)``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise ValueError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "-".join(_format(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def preset_table() -> str:
+    """The presets as a Markdown table, one row per parameter (the README shows this table)."""
+    header = "| parameter | " + " | ".join(PRESET_NAMES) + " |"
+    rule = "|---|" + "---|" * len(PRESET_NAMES)
+    rows = [
+        f"| `{f.name}` | " + " | ".join(_format(getattr(PRESETS[p], f.name)) for p in PRESET_NAMES) + " |"
+        for f in fields(AugmentParams)
+    ]
+    return "\n".join([header, rule, *rows])
