@@ -53,9 +53,15 @@ class RandWindowJitter(RandomizableTransform):
 
 def clahe(image: torch.Tensor, clip_limit: float) -> torch.Tensor:
     """Contrast-limited adaptive histogram equalisation of each channel of a (C, H, W) image in
-    [0, 1], tiles of 1/8 of the image side, ``clip_limit`` in (0, 1] (higher: more contrast)."""
+    [0, 1], tiles of 1/8 of the image side, ``clip_limit`` in (0, 1] (higher: more contrast).
+
+    Like scikit-image, each channel is first stretched to its own full range. A flat channel,
+    which scikit-image would turn white, is returned unchanged.
+    """
     channels = plain_tensor(image).clamp(0.0, 1.0).numpy()
-    out = np.stack([equalize_adapthist(c, clip_limit=clip_limit) for c in channels]).astype(np.float32)
+    out = np.stack([
+        equalize_adapthist(c, clip_limit=clip_limit) if np.ptp(c) > 1e-6 else c for c in channels
+    ]).astype(np.float32)
     return torch.from_numpy(out)
 
 

@@ -21,14 +21,17 @@ def plain_tensor(image: torch.Tensor) -> torch.Tensor:
 
 
 def affine(image: torch.Tensor, angle: float, zoom: float, shift: tuple[float, float]) -> torch.Tensor:
-    """Rotate a (C, H, W) image by ``angle`` degrees about its center, zoom it by ``zoom``
-    (the same factor on both axes) and shift it by ``shift`` = (down, right) fractions of its
-    height and width. Shape is kept; areas moved in from outside are black (air)."""
+    """Rotate a (C, H, W) image by ``angle`` degrees about its center (positive: clockwise as
+    displayed, row 0 at the top), enlarge its content by ``zoom`` (the same factor on both axes;
+    below 1 shrinks it) and move it by ``shift`` = (down, right) fractions of its height and
+    width. Shape is kept; areas moved in from outside are black (air)."""
     height, width = image.shape[-2:]
+    # MONAI's parameters describe where each output pixel is read from in the input, i.e. the
+    # inverse mapping: the shift is negated and the zoom inverted to move the content as stated.
     transform = Affine(
         rotate_params=math.radians(angle),
-        scale_params=(zoom, zoom),
-        translate_params=(shift[0] * height, shift[1] * width),
+        scale_params=(1.0 / zoom, 1.0 / zoom),
+        translate_params=(-shift[0] * height, -shift[1] * width),
         padding_mode="zeros",
         image_only=True,
     )
@@ -68,37 +71,47 @@ def resized_crop(image: torch.Tensor, box: tuple[int, int, int, int]) -> torch.T
 
 class RandResizedCrop(RandomizableTransform):
     """With probability ``prob``: keep a random part of the image covering a fraction of its
-    area uniform in [``min_area``, 1] with an aspect ratio log-uniform in
-    [1 / ``max_aspect``, ``max_aspect``], resized back to the full size.
+    area uniform in [``min_area``, 1] with an aspect ratio (width / height, in pixels)
+    log-uniform in [1 / ``max_aspect``, ``max_aspect``], resized back to the full size.
 
-    torchvision's ``RandomResizedCrop`` draws from torch's global generator; drawing from this
-    transform's own generator keeps every image's augmentation tied to its own seed.
+    A draw whose crop would not fit in the image is redrawn, up to ``ATTEMPTS`` times, then the
+    image is left whole (as torchvision does). torchvision's ``RandomResizedCrop`` draws from
+    torch's global generator; drawing from this transform's own generator keeps every image's
+    augmentation tied to its own seed.
     """
+
+    ATTEMPTS = 10
 
     def __init__(self, min_area: float, max_aspect: float, prob: float) -> None:
         RandomizableTransform.__init__(self, prob)
         self.min_area, self.max_aspect = min_area, max_aspect
-        self._box: tuple[int, int, int, int] | None = None
-        self._draw = (1.0, 0.0, 0.5, 0.5)  # area fraction, log aspect, relative top, relative left
+        # Candidate draws: area fraction, log aspect ratio, relative top, relative left.
+        self._draws: list[tuple[float, float, float, float]] = []
 
     def randomize(self, data: object = None) -> None:
         super().randomize(None)
         if self._do_transform:
             log_aspect = math.log(self.max_aspect)
-            self._draw = (
-                self.R.uniform(self.min_area, 1.0),
-                self.R.uniform(-log_aspect, log_aspect),
-                self.R.uniform(),
-                self.R.uniform(),
-            )
+            self._draws = [
+                (
+                    self.R.uniform(self.min_area, 1.0),
+                    self.R.uniform(-log_aspect, log_aspect),
+                    self.R.uniform(),
+                    self.R.uniform(),
+                )
+                for _ in range(self.ATTEMPTS)
+            ]
 
     def box(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """The drawn crop as (top, left, height, width) for an image of the given size."""
-        area, log_aspect, rel_top, rel_left = self._draw
-        aspect = math.exp(log_aspect)
-        crop_h = min(height, max(1, round(math.sqrt(area * height * width / aspect))))
-        crop_w = min(width, max(1, round(math.sqrt(area * height * width * aspect))))
-        return round(rel_top * (height - crop_h)), round(rel_left * (width - crop_w)), crop_h, crop_w
+        """The drawn crop as (top, left, height, width) for an image of the given size: the first
+        candidate draw that fits, else the whole image."""
+        for area, log_aspect, rel_top, rel_left in self._draws:
+            aspect = math.exp(log_aspect)
+            crop_h = round(math.sqrt(area * height * width / aspect))
+            crop_w = round(math.sqrt(area * height * width * aspect))
+            if 1 <= crop_h <= height and 1 <= crop_w <= width:
+                return round(rel_top * (height - crop_h)), round(rel_left * (width - crop_w)), crop_h, crop_w
+        return 0, 0, height, width
 
     def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
         if randomize:

@@ -19,59 +19,41 @@ PRESET_NAMES = ("none", "light", "standard", "strong")
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """One value per augmentation knob; every ``*_prob`` is the chance (0..1) that the step runs
-    for a given image. The defaults switch everything off (preset ``none``)."""
+    """One value per augmentation knob, each explained in ``DESCRIPTIONS``; every ``*_prob`` is
+    the chance (0..1) that its step runs for a given image. The defaults switch everything off
+    (preset ``none``)."""
 
-    # Positioning: rotation in degrees (uniform in +-rotation), isotropic scale in
-    # [1 - scale, 1 + scale], translation as a fraction of the side (uniform in +-translation).
     rotation: float = 0.0
     scale: float = 0.0
     translation: float = 0.0
     affine_prob: float = 0.0
-    # Random resized crop: keeps a fraction of the area in [crop_area, 1] with an aspect ratio
-    # in [1 / crop_aspect, crop_aspect], resized back to the full side.
     crop_area: float = 1.0
     crop_aspect: float = 1.0
     crop_prob: float = 0.0
-    # Display window jitter: the window's center moves by up to +-window_center (fraction of
-    # the display range); its width is multiplied by a factor in [1 / (1 + w), 1 + w].
     window_center: float = 0.0
     window_width: float = 0.0
     window_prob: float = 0.0
-    # Gamma in [low, high] applied between the image's own minimum and maximum.
     gamma: tuple[float, float] = (1.0, 1.0)
     gamma_prob: float = 0.0
-    # Contrast: deviations from the image mean multiplied by a factor in [1 - contrast, 1 + contrast].
     contrast: float = 0.0
     contrast_prob: float = 0.0
-    # Brightness: a shift in [-brightness, +brightness].
     brightness: float = 0.0
     brightness_prob: float = 0.0
-    # Histogram shift: a random monotone remapping through this many control points.
     histogram_points: int = 8
     histogram_prob: float = 0.0
-    # Detector blur: Gaussian sigma in pixels of the network input, drawn per axis from [low, high].
-    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    blur_sigma: tuple[float, float] = (0.3, 1.0)
     blur_prob: float = 0.0
-    # Sharpening (unsharp masking as detector post-processing does): weight in [low, high].
     sharpen_amount: tuple[float, float] = (0.5, 1.5)
     sharpen_prob: float = 0.0
-    # Electronic noise: Gaussian with a standard deviation drawn from [0, noise_std].
     noise_std: float = 0.0
     noise_prob: float = 0.0
-    # Quantum (dose) noise: Poisson noise for a detector receiving, in unattenuated areas, a
-    # photon count per input pixel drawn log-uniformly from [low, high]; fewer photons mean a
-    # lower dose and more noise, most of it in dense (bright) regions.
     quantum_photons: tuple[float, float] = (2000.0, 20000.0)
     quantum_prob: float = 0.0
-    # CLAHE (contrast-limited adaptive histogram equalisation), clip limit drawn from [low, high].
     clahe_clip: tuple[float, float] = (0.005, 0.02)
     clahe_prob: float = 0.0
-    # Coarse dropout: this many black squares, each of side dropout_size (fraction of the side).
     dropout_holes: int = 4
     dropout_size: float = 0.1
     dropout_prob: float = 0.0
-    # Horizontal flip moves the heart and the laterality marker; off unless asked for.
     hflip_prob: float = 0.0
 
     def __post_init__(self) -> None:
@@ -87,6 +69,41 @@ class AugmentParams:
         """Plain values, tuples as lists (for YAML/JSON run records)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+
+DESCRIPTIONS: dict[str, str] = {
+    "rotation": "rotation, uniform in +-this, degrees",
+    "scale": "zoom, the same on both axes, uniform in 1 +- this",
+    "translation": "shift, uniform in +-this, fraction of the image side",
+    "affine_prob": "chance of rotation + zoom + shift (positioning)",
+    "crop_area": "random resized crop: area kept, uniform in [this, 1]",
+    "crop_aspect": "random resized crop: aspect ratio in [1/this, this]",
+    "crop_prob": "chance of the random resized crop",
+    "window_center": "display window center moved by up to +-this (display range is 0-1)",
+    "window_width": "display window width multiplied by a factor in [1/(1+this), 1+this]",
+    "window_prob": "chance of the window jitter",
+    "gamma": "gamma range, applied between the image's own minimum and maximum",
+    "gamma_prob": "chance of the gamma change",
+    "contrast": "contrast: deviation from the mean multiplied by 1 +- this",
+    "contrast_prob": "chance of the contrast change",
+    "brightness": "brightness: shift uniform in +-this (display range is 0-1)",
+    "brightness_prob": "chance of the brightness shift",
+    "histogram_points": "histogram shift: control points of a random monotone intensity curve",
+    "histogram_prob": "chance of the histogram shift",
+    "blur_sigma": "detector blur: Gaussian sigma per axis, pixels of the network input",
+    "blur_prob": "chance of the blur",
+    "sharpen_amount": "detector sharpening (unsharp mask): weight range",
+    "sharpen_prob": "chance of the sharpening",
+    "noise_std": "electronic noise: Gaussian, std uniform in [0, this] (display range is 0-1)",
+    "noise_prob": "chance of the Gaussian noise",
+    "quantum_photons": "dose: photons per input pixel in unattenuated areas, log-uniform in range; fewer = noisier",
+    "quantum_prob": "chance of the quantum (Poisson) noise",
+    "clahe_clip": "CLAHE clip limit range (higher: more local contrast)",
+    "clahe_prob": "chance of CLAHE",
+    "dropout_holes": "coarse dropout: number of black squares",
+    "dropout_size": "coarse dropout: side of each square, fraction of the image side",
+    "dropout_prob": "chance of the coarse dropout",
+    "hflip_prob": "chance of a left-right flip (moves the heart and the laterality marker)",
+}
 
 # Allowed range of each parameter: (low, high) inclusive; ranges are checked on both ends.
 _LIMITS: dict[str, tuple[float, float]] = {
@@ -228,16 +245,17 @@ def parse_override(text: str) -> tuple[str, str]:
 
 def _format(value: Any) -> str:
     if isinstance(value, tuple):
-        return "-".join(_format(v) for v in value)
+        return "–".join(_format(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def preset_table() -> str:
     """The presets as a Markdown table, one row per parameter (the README shows this table)."""
-    header = "| parameter | " + " | ".join(PRESET_NAMES) + " |"
-    rule = "|---|" + "---|" * len(PRESET_NAMES)
+    header = "| parameter | meaning | " + " | ".join(PRESET_NAMES) + " |"
+    rule = "|---|---|" + "---|" * len(PRESET_NAMES)
     rows = [
-        f"| `{f.name}` | " + " | ".join(_format(getattr(PRESETS[p], f.name)) for p in PRESET_NAMES) + " |"
+        f"| `{f.name}` | {DESCRIPTIONS[f.name]} | "
+        + " | ".join(_format(getattr(PRESETS[p], f.name)) for p in PRESET_NAMES) + " |"
         for f in fields(AugmentParams)
     ]
     return "\n".join([header, rule, *rows])

@@ -41,7 +41,7 @@ def preview_grid(
     plain = XrayPipeline(pipeline.spec, "none")
     images = [plain.display(pixels)]
     images += [pipeline.display(pixels, seed=derived_seed(seed, 0, i)) for i in range(draws)]
-    captions = ["prepared, no augmentation"] + [f"draw {i + 1}" for i in range(draws)]
+    captions = ["prepared only"] + [f"draw {i + 1}" for i in range(draws)]
     tiles = [_tile(image[image.shape[0] // 2].numpy(), caption) for image, caption in zip(images, captions)]
     columns = max(1, min(columns, len(tiles)))
     rows = -(-len(tiles) // columns)

@@ -140,7 +140,7 @@ def test_split_stops_on_unreadable_files_unless_asked_to_skip(tmp_path, cohort):
     assert result.returncode == 0 and "skipped 1 unreadable" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["inspect", "split", "phantom", "demo"])
+@pytest.mark.parametrize("command", ["inspect", "split", "phantom", "augment-preview", "demo"])
 def test_every_subcommand_has_help(command):
     result = run(command, "--help")
     assert result.returncode == 0 and f"usage: medxfer {command}" in result.stdout
@@ -148,7 +148,7 @@ def test_every_subcommand_has_help(command):
 
 def test_top_level_help_lists_subcommands_and_version():
     result = run("--help")
-    for command in ("inspect", "split", "phantom", "demo"):
+    for command in ("inspect", "split", "phantom", "augment-preview", "demo"):
         assert command in result.stdout
     assert run("--version").stdout.strip().startswith("medxfer ")
 
@@ -221,3 +221,49 @@ def test_third_party_warnings_are_not_echoed(tmp_path):
     result = run("inspect", str(tmp_path), "--decode")
     assert result.returncode == 0 and "1 readable" in result.stdout
     assert "MRN12345" not in result.stdout + result.stderr
+
+
+def test_augment_preview_writes_a_grid_of_a_phantom_radiograph(cohort, tmp_path, capsys):
+    scan = next((cohort.root / "images").rglob("*.dcm"))
+    out = tmp_path / "grid.png"
+    code = main(["augment-preview", str(scan), "--out", str(out), "--draws", "5", "--image-size", "64",
+                 "--set", "rotation=5", "--set", "gamma=0.9,1.1"])
+    assert code == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (2 * (64 + 14) + 4, 4 * 64 + 3 * 4)  # 1 prepared + 5 draws in 4 columns
+    assert "preset standard with rotation=5, gamma=0.9,1.1" in capsys.readouterr().out
+    tiles = [grid[14 : 14 + 64, c * 68 : c * 68 + 64] for c in range(4)]
+    assert all(tile.std() > 10 for tile in tiles)  # anatomy, not a blank tile
+    assert len({tile.tobytes() for tile in tiles}) == 4
+
+
+def test_augment_preview_of_a_volume_uses_the_chosen_slices(cohort, tmp_path):
+    out = tmp_path / "volume.png"
+    code = main(["augment-preview", str(cohort.volumes[0]), "--out", str(out), "--draws", "1",
+                 "--volume-strategy", "2.5d", "--image-size", "32"])
+    assert code == 0 and Image.open(out).size == (2 * 32 + 4, 32 + 14)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "rotations=5"], "unknown augmentation parameter 'rotations'; valid parameters: rotation"),
+        (["--set", "rotation"], "expected NAME=VALUE"),
+        (["--set", "rotation=90"], "rotation must lie in [0, 45]"),
+        (["--window", "wide"], "unknown window 'wide'"),
+    ],
+)
+def test_augment_preview_bad_options_are_clear_errors(cohort, tmp_path, capsys, args, message):
+    scan = next((cohort.root / "images").rglob("*.dcm"))
+    code = main(["augment-preview", str(scan), "--out", str(tmp_path / "g.png"), *args])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_augment_preview_of_an_unreadable_file_names_it(tmp_path, capsys):
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"DICM" * 10)
+    code = main(["augment-preview", str(bad), "--out", str(tmp_path / "g.png")])
+    err = capsys.readouterr().err
+    assert code == 1 and "broken.dcm" in err and "Traceback" not in err
