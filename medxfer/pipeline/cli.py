@@ -124,34 +124,58 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    print(f"[1/3] generating a phantom cohort in {out / 'cohort'}")
+    print(f"[1/4] generating a phantom cohort in {out / 'cohort'}")
     cohort = phantom.generate_cohort(out / "cohort", n_patients=args.patients, seed=args.seed)
     print(f"      {cohort.n_images} radiographs, {cohort.n_patients} patients, {len(cohort.volumes)} volumes")
-    print("[2/3] inspecting it")
+    print("[2/4] inspecting it")
     _print_summary(inspect_path(cohort.manifest))
     _print_summary(inspect_path(cohort.root / "volumes"))
-    print("[3/3] splitting it by patient")
+    print("[3/4] splitting it by patient")
     scans = assign_splits(load_labelled(cohort.manifest), seed=args.seed)
     written = write_splits_csv(scans, out / "splits.csv")
     _print_splits(scans)
     print(f"wrote {written}")
+    print("[4/4] previewing the standard augmentation on one radiograph")
+    preview = write_augment_preview(scans.records[0].path, out / "augment-preview.png", draws=7, seed=args.seed)
+    print(f"wrote {preview}")
     print("demo finished")
     return 0
 
 
-def cmd_augment_preview(args: argparse.Namespace) -> int:
+def write_augment_preview(
+    path: Path,
+    out: Path,
+    *,
+    preset: str = "standard",
+    overrides: dict[str, str] | None = None,
+    draws: int = 11,
+    seed: int = 0,
+    image_size: int = 224,
+    fit: str = "letterbox",
+    window: str = "default",
+    volume_strategy: str = "middle",
+) -> Path:
+    """Render the augmentation preview grid of one scan to ``out`` (PNG); returns the path."""
     # Imported here: MONAI takes seconds to import and the other commands do not need it.
     from medxfer.datasets.reader import read_scan
     from medxfer.datasets.volume import volume_to_2d
-    from medxfer.transforms import InputSpec, XrayPipeline, augmentation, parse_override, preview_grid, write_preview
+    from medxfer.transforms import InputSpec, XrayPipeline, augmentation, preview_grid, write_preview
+
+    params = augmentation(preset, overrides)
+    scan = read_scan(path, window=window)
+    pixels = volume_to_2d(scan.pixels, volume_strategy) if scan.is_volume else scan.pixels
+    pipeline = XrayPipeline(InputSpec(image_size=image_size, fit=fit), params)
+    return write_preview(preview_grid(pixels, pipeline, draws=draws, seed=seed), out)
+
+
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    from medxfer.transforms import parse_override
 
     overrides = dict(parse_override(item) for item in args.set)
-    params = augmentation(args.preset, overrides)
-    scan = read_scan(args.path, window=args.window)
-    pixels = volume_to_2d(scan.pixels, args.volume_strategy) if scan.is_volume else scan.pixels
-    pipeline = XrayPipeline(InputSpec(image_size=args.image_size, fit=args.fit), params)
-    grid = preview_grid(pixels, pipeline, draws=args.draws, seed=args.seed)
-    out = write_preview(grid, args.out)
+    out = write_augment_preview(
+        args.path, args.out, preset=args.preset, overrides=overrides, draws=args.draws, seed=args.seed,
+        image_size=args.image_size, fit=args.fit, window=args.window, volume_strategy=args.volume_strategy,
+    )
     changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
     print(f"preset {args.preset}" + (f" with {changed}" if changed else "")
           + f": {args.draws} random draws of {args.path} at {args.image_size} px")
@@ -221,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_augment_preview)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on a phantom cohort",
-                       description="Generate a phantom cohort, inspect it and split it by patient.")
+                       description="Generate a phantom cohort, inspect it, split it by patient and preview "
+                                   "the standard augmentation on one of its radiographs.")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
     p.add_argument("--patients", type=positive, default=80, help="number of phantom patients (default: 80)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

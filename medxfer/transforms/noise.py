@@ -22,7 +22,7 @@ from medxfer.transforms.geometry import plain_tensor
 ATTENUATION = math.log(50.0)
 
 
-def quantum_noise(image: torch.Tensor, photons: float, rng: np.random.RandomState) -> torch.Tensor:
+def quantum_noise(image: torch.Tensor, photons: float, rng: np.random.Generator) -> torch.Tensor:
     """Poisson noise for ``photons`` per pixel in unattenuated areas, drawn from ``rng``;
     ``image`` is (C, H, W) in [0, 1], the result is clipped to [0, 1]."""
     values = plain_tensor(image).clamp(0.0, 1.0).numpy().astype(np.float64)
@@ -54,4 +54,4 @@ class RandQuantumNoise(RandomizableTransform):
             self.randomize()
         if not self._do_transform:
             return image
-        return quantum_noise(image, self._photons, np.random.RandomState(self._noise_seed))
+        return quantum_noise(image, self._photons, np.random.default_rng(self._noise_seed))

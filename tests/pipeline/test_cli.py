@@ -157,6 +157,7 @@ def test_demo_runs_end_to_end(tmp_path):
     result = run("demo", "--out", str(tmp_path / "demo"), "--patients", "20")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo" / "splits.csv").is_file()
+    assert Image.open(tmp_path / "demo" / "augment-preview.png").format == "PNG"
     assert "demo finished" in result.stdout
 
 

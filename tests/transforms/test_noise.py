@@ -18,7 +18,7 @@ def documented_variance(value: float, photons: float) -> float:
 
 
 def noisy(image: torch.Tensor, photons: float, seed: int = 0) -> np.ndarray:
-    return quantum_noise(image, photons, np.random.RandomState(seed)).numpy()
+    return quantum_noise(image, photons, np.random.default_rng(seed)).numpy()
 
 
 # --- ATTENUATION and quantum_noise ------------------------------------------------------------
@@ -60,7 +60,7 @@ def test_dense_regions_get_more_noise_than_dark_ones():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_output_is_float32_of_the_same_shape_in_unit_range(channels):
     image = torch.from_numpy(np.random.default_rng(0).random((channels, 40, 30)).astype(np.float32))
-    out = quantum_noise(image, 5.0, np.random.RandomState(1))  # very few photons: heavy clipping
+    out = quantum_noise(image, 5.0, np.random.default_rng(1))  # very few photons: heavy clipping
     assert type(out) is torch.Tensor
     assert out.dtype == torch.float32
     assert out.shape == image.shape
@@ -68,15 +68,15 @@ def test_output_is_float32_of_the_same_shape_in_unit_range(channels):
 
 
 def test_float64_input_gives_float32_output():
-    out = quantum_noise(uniform(0.5, size=16).double(), 1000.0, np.random.RandomState(0))
+    out = quantum_noise(uniform(0.5, size=16).double(), 1000.0, np.random.default_rng(0))
     assert out.dtype == torch.float32
 
 
 def test_input_outside_unit_range_is_clipped_first():
     image = torch.from_numpy(np.random.default_rng(2).random((1, 32, 32)).astype(np.float32)) * 1.6 - 0.3
     torch.testing.assert_close(
-        quantum_noise(image, 1000.0, np.random.RandomState(3)),
-        quantum_noise(image.clamp(0.0, 1.0), 1000.0, np.random.RandomState(3)),
+        quantum_noise(image, 1000.0, np.random.default_rng(3)),
+        quantum_noise(image.clamp(0.0, 1.0), 1000.0, np.random.default_rng(3)),
         atol=0, rtol=0,
     )
 
@@ -90,7 +90,7 @@ def test_same_rng_seed_gives_identical_output_and_different_seeds_differ():
 
 def test_quantum_noise_does_not_change_its_input():
     image = uniform(0.5, size=32)
-    quantum_noise(image, 100.0, np.random.RandomState(0))
+    quantum_noise(image, 100.0, np.random.default_rng(0))
     assert (image == 0.5).all()
 
 
