@@ -84,3 +84,74 @@ class RandCLAHE(RandomizableTransform):
         if not self._do_transform:
             return image
         return clahe(image, self._clip)
+
+
+def contrast(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """Scale deviations from the image mean by ``factor`` (1: unchanged), keeping the mean.
+
+    Written here rather than taken from MONAI's ``RandScaleIntensityFixedMean``: torch's mean
+    depends on the number of threads, which made DataLoader workers (one thread each) and the
+    main process give different results; NumPy's float64 mean does not.
+    """
+    values = plain_tensor(image)
+    mean = float(np.mean(values.numpy(), dtype=np.float64))
+    return (values - mean) * factor + mean
+
+
+class RandContrast(RandomizableTransform):
+    """With probability ``prob``: ``contrast`` with a factor uniform in 1 +- ``spread``."""
+
+    def __init__(self, spread: float, prob: float) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.spread = spread
+        self._factor = 1.0
+
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            self._factor = 1.0 + self.R.uniform(-self.spread, self.spread)
+
+    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return image
+        return contrast(image, self._factor)
+
+
+def intensity_curve(image: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
+    """Map [0, 1] values through the piecewise-linear curve through (i / n, targets[i]) for
+    n + 1 = len(targets) evenly spaced control points; ``targets`` must be non-decreasing."""
+    values = plain_tensor(image)
+    knots = np.linspace(0.0, 1.0, len(targets))
+    out = np.interp(values.numpy().ravel(), knots, targets).astype(np.float32)
+    return torch.from_numpy(out.reshape(values.shape))
+
+
+class RandHistogramShift(RandomizableTransform):
+    """With probability ``prob``: a monotone intensity curve through ``points`` evenly spaced
+    control points on the [0, 1] display scale, each moved by up to +-``shift``.
+
+    Written here rather than taken from MONAI's ``RandHistogramShift``, whose control points
+    span the image's own minimum to maximum (a flat image divides 0 by 0 and gives NaN) and
+    move freely in between, which often erases the contrast of a whole band of intensities.
+    """
+
+    def __init__(self, points: int, shift: float, prob: float) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.points, self.shift = points, shift
+        self._targets = np.linspace(0.0, 1.0, points)
+
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            knots = np.linspace(0.0, 1.0, self.points)
+            moved = np.clip(knots + self.R.uniform(-self.shift, self.shift, self.points), 0.0, 1.0)
+            self._targets = np.maximum.accumulate(moved)  # keep the curve monotone
+
+    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return image
+        return intensity_curve(image, self._targets)

@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import warnings
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from medxfer.datasets.scan import MedxferWarning
 from medxfer.transforms.pipeline import XrayPipeline
 
 _AUGMENT, _ORDER, _WORKERS = 0, 1, 2  # what a derived seed is for, so no two streams coincide
@@ -31,12 +34,13 @@ def derived_seed(seed: int, epoch: int, index: int, purpose: int = _AUGMENT) -> 
 
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(epoch, index)`` keys over ``n`` images, shuffled by (seed, epoch) when
-    ``shuffle``. Call ``set_epoch`` before each epoch; the epoch travels with each key, so it
-    reaches persistent workers too."""
+    ``shuffle``. Each pass over the sampler is the next epoch (0, 1, 2...), so augmentation
+    never repeats itself by accident; ``set_epoch(e)`` makes the next pass epoch ``e`` (to resume
+    a run). The epoch travels with each key, so it reaches persistent workers too."""
 
     def __init__(self, n: int, *, seed: int = 0, shuffle: bool = True) -> None:
         self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.epoch = 0
+        self.epoch = 0  # the epoch of the next pass
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -45,21 +49,23 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
         if self.shuffle:
-            generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, 0, _ORDER))
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch, 0, _ORDER))
             order = torch.randperm(self.n, generator=generator).tolist()
         else:
             order = range(self.n)
-        return ((self.epoch, i) for i in order)
+        return ((epoch, i) for i in order)
 
 
 class AugmentedDataset(Dataset):
     """Images passed through an ``XrayPipeline``, each augmented from its own derived seed.
 
-    ``images``: any sequence (a list, or a lazy reader) whose items are (H, W) arrays in [0, 1]
-    or (3, H, W) 2.5D inputs; ``labels``: one per image, or ``None`` for unlabelled images.
-    Items are ``(tensor, label)``, or the tensor alone without labels. A key is an index (epoch
-    0) or an ``(epoch, index)`` pair as ``EpochSampler`` yields.
+    ``images``: any sequence (a list, or a lazy reader) whose items are float (H, W) arrays in
+    [0, 1] (``Scan.pixels``) or (3, H, W) 2.5D inputs; ``labels``: one per image, or ``None``
+    for unlabelled images. Items are ``(tensor, label)``, or the tensor alone without labels.
+    A key is an ``(epoch, index)`` pair as ``EpochSampler`` yields, or a plain index (epoch 0,
+    with a warning when augmenting, since every epoch would then repeat the same draws).
     """
 
     def __init__(
@@ -73,13 +79,27 @@ class AugmentedDataset(Dataset):
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels, self.pipeline, self.seed = images, labels, pipeline, seed
+        self._warned = False
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        image = self.pipeline(self.images[index], seed=derived_seed(self.seed, epoch, index))
+        if isinstance(key, tuple):
+            epoch, index = key
+        else:
+            epoch, index = 0, key
+            if self.pipeline.augments and not self._warned:
+                self._warned = True
+                warnings.warn(
+                    "AugmentedDataset read by plain index: every epoch repeats the same augmentation; "
+                    "use augmented_loader (or EpochSampler) to get a new draw each epoch",
+                    MedxferWarning, stacklevel=2,
+                )
+        try:
+            image = self.pipeline(self.images[index], seed=derived_seed(self.seed, epoch, index))
+        except ValueError as exc:
+            raise ValueError(f"image {index}: {exc}") from exc
         return image if self.labels is None else (image, self.labels[index])
 
 
@@ -92,8 +112,9 @@ def augmented_loader(
     drop_last: bool = False,
     **kwargs: Any,
 ) -> DataLoader:
-    """A DataLoader over ``dataset`` whose batches depend only on ``dataset.seed`` and the epoch
-    (call ``loader.sampler.set_epoch(epoch)`` before each epoch), not on ``num_workers``.
+    """A DataLoader over ``dataset`` whose batches depend only on ``dataset.seed`` and the epoch,
+    not on ``num_workers``. Each pass over the loader is the next epoch; call
+    ``loader.sampler.set_epoch(epoch)`` to start elsewhere (resuming a run).
     Extra keyword arguments (``pin_memory``, ``persistent_workers``...) go to ``DataLoader``."""
     sampler = EpochSampler(len(dataset), seed=dataset.seed, shuffle=shuffle)
     generator = torch.Generator().manual_seed(derived_seed(dataset.seed, 0, 0, _WORKERS))

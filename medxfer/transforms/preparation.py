@@ -17,6 +17,7 @@ import torch.nn.functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FITS = ("letterbox", "crop", "squash")
+RANGE_TOLERANCE = 1e-4  # pixels may exceed [0, 1] by this much (rounding in a resampled file)
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,28 @@ class InputSpec:
 def to_channel_first(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(H, W) or (C, H, W) float pixels in [0, 1] as a new float32 (C, H, W) tensor, C 1 or 3.
 
+    Integer arrays (raw 8- or 16-bit values) and values outside [0, 1] are refused: they would
+    otherwise be normalised into nonsense without any error.
+
     A (3, H, W) array is a 2.5D three-slice input (``volume_to_2d(..., "2.5d")``). Any other
     depth is refused: pick a slice or a projection of the volume first.
     """
-    array = np.asarray(pixels, dtype=np.float32)
-    # Checked in NumPy: torch's single-threaded isfinite is ten times slower on a full-size film.
-    if not np.isfinite(array).all():
+    array = pixels.numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(
+            f"expected float pixels in [0, 1] (Scan.pixels), got {array.dtype}: "
+            "read scans with medxfer.datasets.read_scan, or scale the values to [0, 1] first"
+        )
+    # Checked in NumPy: torch's single-threaded reductions are ten times slower on a full film.
+    if array.size and not np.isfinite(array).all():
         raise ValueError("pixels contain NaN or infinite values")
-    # A copy, so that no later step can write into the caller's (possibly cached) array.
-    image = torch.tensor(array)
+    if array.size and (array.min() < -RANGE_TOLERANCE or array.max() > 1 + RANGE_TOLERANCE):
+        raise ValueError(
+            f"pixels must lie in [0, 1] (Scan.pixels), got {float(array.min()):g} to {float(array.max()):g}"
+        )
+    # A new contiguous float32 array, so that no later step can write into the caller's
+    # (possibly cached) array, and views with negative strides (np.flipud) work.
+    image = torch.from_numpy(np.ascontiguousarray(np.clip(array, 0.0, 1.0), dtype=np.float32))
     if image.ndim == 2:
         image = image.unsqueeze(0)
     if image.ndim != 3 or image.shape[0] not in (1, 3):

@@ -40,14 +40,16 @@ class AugmentParams:
     brightness: float = 0.0
     brightness_prob: float = 0.0
     histogram_points: int = 8
+    histogram_shift: float = 0.0
     histogram_prob: float = 0.0
     blur_sigma: tuple[float, float] = (0.3, 1.0)
     blur_prob: float = 0.0
-    sharpen_amount: tuple[float, float] = (0.5, 1.5)
+    sharpen_sigma: tuple[float, float] = (1.0, 2.0)
+    sharpen_amount: tuple[float, float] = (0.25, 0.75)
     sharpen_prob: float = 0.0
     noise_std: float = 0.0
     noise_prob: float = 0.0
-    quantum_photons: tuple[float, float] = (2000.0, 20000.0)
+    quantum_photons: tuple[float, float] = (4000.0, 40000.0)
     quantum_prob: float = 0.0
     clahe_clip: tuple[float, float] = (0.005, 0.02)
     clahe_prob: float = 0.0
@@ -58,7 +60,7 @@ class AugmentParams:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            _check(f.name, getattr(self, f.name))
+            _check(f.name, getattr(self, f.name), f.default)
 
     @property
     def is_identity(self) -> bool:
@@ -76,26 +78,28 @@ DESCRIPTIONS: dict[str, str] = {
     "translation": "shift, uniform in +-this, fraction of the image side",
     "affine_prob": "chance of rotation + zoom + shift (positioning)",
     "crop_area": "random resized crop: area kept, uniform in [this, 1]",
-    "crop_aspect": "random resized crop: aspect ratio in [1/this, this]",
+    "crop_aspect": "random resized crop: aspect ratio in [1/this, this]; above 1 stretches anatomy",
     "crop_prob": "chance of the random resized crop",
     "window_center": "display window center moved by up to +-this (display range is 0-1)",
     "window_width": "display window width multiplied by a factor in [1/(1+this), 1+this]",
     "window_prob": "chance of the window jitter",
-    "gamma": "gamma range, applied between the image's own minimum and maximum",
+    "gamma": "gamma, uniform in range, applied between the image's own minimum and maximum",
     "gamma_prob": "chance of the gamma change",
     "contrast": "contrast: deviation from the mean multiplied by 1 +- this",
     "contrast_prob": "chance of the contrast change",
     "brightness": "brightness: shift uniform in +-this (display range is 0-1)",
     "brightness_prob": "chance of the brightness shift",
-    "histogram_points": "histogram shift: control points of a random monotone intensity curve",
+    "histogram_points": "histogram shift: evenly spaced control points of a monotone intensity curve",
+    "histogram_shift": "histogram shift: each control point moved by up to +-this (display range is 0-1)",
     "histogram_prob": "chance of the histogram shift",
-    "blur_sigma": "detector blur: Gaussian sigma per axis, pixels of the network input",
+    "blur_sigma": "detector blur: Gaussian sigma per axis, uniform in range, pixels of the network input",
     "blur_prob": "chance of the blur",
-    "sharpen_amount": "detector sharpening (unsharp mask): weight range",
+    "sharpen_sigma": "detector sharpening (unsharp mask): Gaussian sigma range, pixels of the network input",
+    "sharpen_amount": "detector sharpening: weight of the added detail, uniform in range",
     "sharpen_prob": "chance of the sharpening",
-    "noise_std": "electronic noise: Gaussian, std uniform in [0, this] (display range is 0-1)",
+    "noise_std": "electronic noise: Gaussian per pixel of the network input, std uniform in [0, this] (display range is 0-1)",
     "noise_prob": "chance of the Gaussian noise",
-    "quantum_photons": "dose: photons per input pixel in unattenuated areas, log-uniform in range; fewer = noisier",
+    "quantum_photons": "dose: photons per pixel of the network input in unattenuated areas, log-uniform in range; fewer = noisier",
     "quantum_prob": "chance of the quantum (Poisson) noise",
     "clahe_clip": "CLAHE clip limit range (higher: more local contrast)",
     "clahe_prob": "chance of CLAHE",
@@ -118,8 +122,10 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "contrast": (0.0, 0.9),
     "brightness": (0.0, 0.5),
     "histogram_points": (3, 50),
+    "histogram_shift": (0.0, 0.2),
     "blur_sigma": (0.0, 5.0),
-    "sharpen_amount": (0.0, 10.0),
+    "sharpen_sigma": (0.3, 5.0),
+    "sharpen_amount": (0.0, 5.0),
     "noise_std": (0.0, 0.5),
     "quantum_photons": (1.0, 1e7),
     "clahe_clip": (1e-4, 1.0),
@@ -128,14 +134,24 @@ _LIMITS: dict[str, tuple[float, float]] = {
 }
 
 
-def _check(name: str, value: Any) -> None:
+def _check(name: str, value: Any, default: Any) -> None:
     low, high = (0.0, 1.0) if name.endswith("_prob") else _LIMITS[name]
-    values = value if isinstance(value, tuple) else (value,)
-    if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
-        raise ValueError(f"augmentation parameter {name} must be a range LOW,HIGH with LOW <= HIGH, got {value}")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+    if isinstance(default, tuple):
+        if not isinstance(value, tuple) or len(value) != 2 or not all(_is_number(v) for v in value):
+            raise ValueError(f"augmentation parameter {name} must be a range (LOW, HIGH), got {value!r}")
+        if value[0] > value[1]:
+            raise ValueError(f"augmentation parameter {name} must be a range LOW,HIGH with LOW <= HIGH, got {value}")
+    elif isinstance(default, int) and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise ValueError(f"augmentation parameter {name} must be a whole number, got {value!r}")
+    elif not _is_number(value):
+        raise ValueError(f"augmentation parameter {name} must be a number, got {value!r}")
+    for v in value if isinstance(value, tuple) else (value,):
+        if not low <= v <= high:
             raise ValueError(f"augmentation parameter {name} must lie in [{low:g}, {high:g}], got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 _NONE = AugmentParams()
@@ -153,30 +169,30 @@ PRESETS: dict[str, AugmentParams] = {
     "standard": dataclasses.replace(
         _NONE,
         rotation=10.0, scale=0.1, translation=0.05, affine_prob=0.7,
-        crop_area=0.85, crop_aspect=1.1, crop_prob=0.3,
+        crop_area=0.85, crop_prob=0.3,
         window_center=0.1, window_width=0.2, window_prob=0.5,
-        gamma=(0.8, 1.25), gamma_prob=0.5,
+        gamma=(0.8, 1.2), gamma_prob=0.5,
         contrast=0.15, contrast_prob=0.5,
         brightness=0.1, brightness_prob=0.5,
-        histogram_prob=0.2,
+        histogram_shift=0.03, histogram_prob=0.2,
         blur_sigma=(0.3, 1.0), blur_prob=0.2,
-        sharpen_amount=(0.5, 1.5), sharpen_prob=0.2,
+        sharpen_amount=(0.25, 0.75), sharpen_prob=0.2,
         noise_std=0.02, noise_prob=0.3,
-        quantum_photons=(2000.0, 20000.0), quantum_prob=0.3,
+        quantum_photons=(4000.0, 40000.0), quantum_prob=0.3,
     ),
     "strong": dataclasses.replace(
         _NONE,
         rotation=15.0, scale=0.15, translation=0.08, affine_prob=0.9,
-        crop_area=0.75, crop_aspect=1.2, crop_prob=0.5,
+        crop_area=0.75, crop_prob=0.5,
         window_center=0.15, window_width=0.3, window_prob=0.7,
-        gamma=(0.7, 1.4), gamma_prob=0.7,
+        gamma=(0.7, 1.3), gamma_prob=0.7,
         contrast=0.25, contrast_prob=0.7,
         brightness=0.15, brightness_prob=0.7,
-        histogram_prob=0.3,
+        histogram_shift=0.05, histogram_prob=0.3,
         blur_sigma=(0.3, 1.5), blur_prob=0.3,
-        sharpen_amount=(0.5, 2.0), sharpen_prob=0.3,
+        sharpen_amount=(0.25, 1.0), sharpen_prob=0.3,
         noise_std=0.03, noise_prob=0.5,
-        quantum_photons=(500.0, 5000.0), quantum_prob=0.5,
+        quantum_photons=(2000.0, 20000.0), quantum_prob=0.5,
         dropout_holes=4, dropout_size=0.1, dropout_prob=0.3,
     ),
 }
@@ -223,8 +239,9 @@ def augmentation(preset: str = "standard", overrides: Mapping[str, Any] | None =
 
 def augmentation_from_config(value: str | Mapping[str, Any] | None) -> AugmentParams:
     """Parameters from a configuration entry: a preset name (``"light"``), ``None`` (preset
-    ``none``), or a mapping with an optional ``preset`` key (default ``"standard"``) and
-    parameter overrides, e.g. ``{"preset": "light", "rotation": 3}``."""
+    ``none``), or a mapping with a ``preset`` key and parameter overrides, e.g.
+    ``{"preset": "light", "rotation": 3}``. The preset is never implied: a mapping without one
+    is an error, so an override cannot silently switch on a whole preset."""
     if value is None:
         return PRESETS["none"]
     if isinstance(value, str):
@@ -232,7 +249,9 @@ def augmentation_from_config(value: str | Mapping[str, Any] | None) -> AugmentPa
     if not isinstance(value, Mapping):
         raise ValueError(f"augment must be a preset name or a mapping of parameters, got {value!r}")
     overrides = dict(value)
-    return augmentation(str(overrides.pop("preset", "standard")), overrides)
+    if "preset" not in overrides:
+        raise ValueError(f"an augment mapping needs a preset key ({', '.join(PRESET_NAMES)}) besides its overrides")
+    return augmentation(str(overrides.pop("preset")), overrides)
 
 
 def parse_override(text: str) -> tuple[str, str]:

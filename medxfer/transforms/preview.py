@@ -35,8 +35,7 @@ def preview_grid(
     """The prepared scan without augmentation, then ``draws`` augmented versions, as a grid.
 
     ``pixels`` is (H, W) in [0, 1] or a (3, H, W) 2.5D input (its middle slice is shown).
-    Draw ``i`` uses the seed an ``AugmentedDataset`` with run seed ``seed`` gives image ``i`` in
-    epoch 0, so the grid shows draws training will actually make.
+    Draw ``i`` uses ``derived_seed(seed, 0, i)``: the grid is the same on every run.
     """
     plain = XrayPipeline(pipeline.spec, "none")
     images = [plain.display(pixels)]

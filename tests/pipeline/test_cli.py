@@ -268,3 +268,14 @@ def test_augment_preview_of_an_unreadable_file_names_it(tmp_path, capsys):
     code = main(["augment-preview", str(bad), "--out", str(tmp_path / "g.png")])
     err = capsys.readouterr().err
     assert code == 1 and "broken.dcm" in err and "Traceback" not in err
+
+
+def test_cli_choices_match_the_library():
+    """The CLI lists presets and fits without importing MONAI; they must not drift apart."""
+    from medxfer.pipeline.cli import PRESET_CHOICES
+    from medxfer.transforms import FITS, PRESET_NAMES
+
+    assert PRESET_CHOICES == PRESET_NAMES
+    assert run("augment-preview", "--help").stdout.count("letterbox") >= 1
+    for fit in FITS:
+        assert fit in run("augment-preview", "--help").stdout

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from medxfer.datasets.scan import MedxferWarning
 from medxfer.transforms.loading import AugmentedDataset, EpochSampler, augmented_loader, derived_seed
 from medxfer.transforms.pipeline import XrayPipeline
 from medxfer.transforms.preparation import InputSpec
@@ -37,8 +38,15 @@ def same(a: list, b: list) -> bool:
 
 
 def test_identical_batches_for_the_same_seed_with_0_and_2_workers():
-    data = dataset("strong")
-    serial, parallel = batches(data, 0), batches(data, 2)
+    """At the real input size, with the main process multi-threaded and workers single-threaded."""
+    pipeline = XrayPipeline(InputSpec(image_size=224), "strong")
+    data = AugmentedDataset([np.clip(x * 1.1, 0, 1) for x in images(6)], list(range(6)), pipeline, seed=5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        serial, parallel = batches(data, 0), batches(data, 2)
+    finally:
+        torch.set_num_threads(threads)
     for epoch in range(2):
         assert same(serial[epoch], parallel[epoch])
 
@@ -100,14 +108,33 @@ def test_unshuffled_order_is_the_dataset_order():
     assert list(sampler) == [(2, i) for i in range(5)]
 
 
-def test_plain_index_reads_epoch_zero():
+def test_plain_index_reads_epoch_zero_and_warns_that_draws_repeat():
     data = dataset()
-    assert torch.equal(data[4][0], data[(0, 4)][0])
+    with pytest.warns(MedxferWarning, match="every epoch repeats the same augmentation"):
+        assert torch.equal(data[4][0], data[(0, 4)][0])
+
+
+def test_each_pass_over_the_loader_is_the_next_epoch():
+    """Forgetting set_epoch must not freeze augmentation; set_epoch picks the next pass's epoch."""
+    data = dataset()
+    loader = augmented_loader(data, batch_size=5, shuffle=False)
+    first = [x for x, _ in loader]
+    second = [x for x, _ in loader]
+    assert not torch.equal(first[0], second[0])
+    assert torch.equal(second[0][0], data[(1, 0)][0])
+    loader.sampler.set_epoch(0)
+    assert torch.equal(next(iter(loader))[0], first[0])
 
 
 def test_unlabelled_dataset_yields_tensors_only():
-    data = AugmentedDataset(images(3), None, XrayPipeline(InputSpec(image_size=32), "light"))
+    data = AugmentedDataset(images(3), None, XrayPipeline(InputSpec(image_size=32), "none"))
     assert isinstance(data[0], torch.Tensor) and data[0].shape == (3, 32, 32)
+
+
+def test_a_bad_image_is_named_by_its_index():
+    data = AugmentedDataset([images(1)[0], np.zeros((8, 8), np.uint8)], None, XrayPipeline(InputSpec(image_size=32)))
+    with pytest.raises(ValueError, match="image 1: expected float pixels"):
+        data[(0, 1)]
 
 
 def test_label_count_must_match():

@@ -111,6 +111,9 @@ def test_three_slice_input_to_a_single_channel_network_is_refused():
         (np.zeros((32,), np.float32), "expected"),
         (np.full((8, 8), np.nan, np.float32), "NaN"),
         (np.zeros((0, 8), np.float32), "empty"),
+        (np.zeros((8, 8), np.uint8), "expected float pixels in \\[0, 1\\].*got uint8"),
+        (np.full((8, 8), 4095.0, np.float32), "must lie in \\[0, 1\\].*4095"),
+        (np.full((8, 8), -0.2, np.float64), "must lie in"),
     ],
 )
 def test_bad_pixels_are_refused_with_the_reason(pixels, match):
@@ -140,3 +143,11 @@ def test_preparation_never_writes_into_the_callers_array():
     x += 1
     prepare_input(pixels, InputSpec(image_size=64))
     assert np.array_equal(pixels, before)
+
+
+def test_flipped_and_strided_views_are_accepted():
+    pixels = np.random.default_rng(2).random((40, 30)).astype(np.float32)
+    spec = InputSpec(image_size=40)
+    assert torch.equal(prepare_input(np.flipud(pixels), spec), prepare_input(np.flipud(pixels).copy(), spec))
+    assert prepare_input(pixels[::2, ::-1], spec).shape == (3, 40, 40)
+    assert prepare_input(torch.from_numpy(pixels), spec).shape == (3, 40, 40)

@@ -65,7 +65,7 @@ def test_override_values_take_the_parameters_type(name, text, value):
         ({"rotation": 90}, r"rotation must lie in \[0, 45\]"),
         ({"affine_prob": 1.5}, r"affine_prob must lie in \[0, 1\]"),
         ({"gamma": "1.2,0.8"}, "LOW <= HIGH"),
-        ({"gamma": "1.2"}, "LOW,HIGH"),
+        ({"gamma": "1.2"}, r"range \(LOW, HIGH\)"),
         ({"dropout_holes": "2.5"}, "whole number"),
         ({"rotation": "ten"}, "must be a number"),
         ({"rotation": "nan"}, "must lie in"),
@@ -85,7 +85,7 @@ def test_unknown_preset_lists_the_presets():
 def test_config_entry_is_a_name_or_a_mapping_of_overrides():
     assert augmentation_from_config("light") == PRESETS["light"]
     assert augmentation_from_config(None) == PRESETS["none"]
-    assert augmentation_from_config({"rotation": 3}) == dataclasses.replace(PRESETS["standard"], rotation=3.0)
+    assert augmentation_from_config({"preset": "standard", "rotation": 3}) == dataclasses.replace(PRESETS["standard"], rotation=3.0)
     assert augmentation_from_config({"preset": "none", "gamma_prob": 1}).gamma_prob == 1.0
     with pytest.raises(ValueError, match="preset name or a mapping"):
         augmentation_from_config(5)
@@ -112,3 +112,18 @@ def test_as_dict_round_trips_through_a_config_mapping():
 def test_readme_documents_every_preset_value():
     """The README's table is the generated one, so documentation and code cannot drift apart."""
     assert preset_table() in README.read_text(encoding="utf-8")
+
+
+def test_a_config_mapping_must_name_its_preset():
+    """An override alone must not silently switch on a whole preset."""
+    with pytest.raises(ValueError, match="needs a preset key"):
+        augmentation_from_config({"hflip_prob": 0.5})
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"dropout_holes": 2.5}, "whole number"), ({"gamma": [0.8, 1.2]}, r"range \(LOW, HIGH\)"), ({"rotation": "5"}, "a number")],
+)
+def test_wrong_types_are_refused_when_built_directly(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AugmentParams(**kwargs)
