@@ -45,21 +45,62 @@ def _modes_kept(model: nn.Module) -> Iterator[None]:
 # --- AdaBN -------------------------------------------------------------------------------------
 
 
+class _PooledInputMoments:
+    """Exact per-channel count, sum and sum of squares (float64) of everything a BatchNorm layer
+    is fed, channel dim 1, accumulated by a forward pre-hook."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.total_sq: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].detach()
+        dims = [d for d in range(x.ndim) if d != 1]
+        x = x.to(torch.float64)
+        total, total_sq = x.sum(dim=dims), x.square().sum(dim=dims)
+        if self.total is None:
+            self.total, self.total_sq = total, total_sq
+        else:
+            self.total += total
+            self.total_sq += total_sq
+        self.count += x.numel() // x.shape[1]
+
+    def mean_and_variance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled mean and unbiased pooled variance (sumsq - n mean^2) / (n - 1), per channel."""
+        assert self.total is not None and self.total_sq is not None
+        n = self.count
+        mean = self.total / n
+        variance = (self.total_sq - n * mean.square()).clamp_min(0.0) / max(n - 1, 1)
+        return mean, variance
+
+
 def adapt_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *, device: torch.device | str | None = None) -> int:
     """Re-estimate the running statistics of every BatchNorm layer on target-site images (AdaBN).
 
     ``batches``: unlabelled target images already prepared as network inputs, each a tensor
     (B, C, H, W) normalised as for training (e.g. ``(x for x, _ in loader)``); moved to
-    ``device`` (default: the model's). The statistics are averaged over all images, each
-    weighing the same whatever its batch's size: the running mean is the mean over the target
-    data, the running variance the image-weighted mean of the per-batch unbiased variances
-    (PyTorch's estimate), so use batches as large as memory allows.
+    ``device`` (default: the model's). Each BatchNorm layer's input is pooled over all the
+    target images, every image weighing the same: a forward pre-hook accumulates, in float64,
+    the exact per-channel count n, sum and sum of squares of the layer's input (every dim but
+    the channel dim 1), and at the end ``running_mean`` is sum / n and ``running_var`` the
+    unbiased pooled variance (sumsq - n mean^2) / (n - 1), cast back to the buffers' dtype;
+    ``num_batches_tracked`` is the number of batches the layer saw. The variance is thus that
+    of all target images together, not an average of within-batch variances, so batches sorted
+    by label (a loader without shuffling), each homogeneous, do not make it too small.
 
-    Only ``running_mean``, ``running_var`` and ``num_batches_tracked`` change. During the passes
-    the BatchNorm layers run in train mode (also frozen ones) and every other module in eval mode
-    (dropout and stochastic depth off, so activations are those of inference); afterwards each
-    module's own train/eval flag and each layer's momentum are restored. On any error, including
-    an empty ``batches``, the original statistics are put back. Returns the number of images seen.
+    During the passes every BatchNorm layer normalises with the current batch's statistics, so
+    a deeper layer's input, hence its statistics, still depends somewhat on how the images are
+    batched (as in any AdaBN estimation pass; the first BatchNorm layer's statistics do not, nor
+    does any layer's depend on the order of the images within a batch): use shuffled batches of
+    at least ~32 images.
+
+    Only ``running_mean``, ``running_var`` and ``num_batches_tracked`` change; a layer the
+    passes never reach keeps its statistics. During the passes the BatchNorm layers run in
+    train mode (also frozen ones) and every other module in eval mode (dropout and stochastic
+    depth off, so activations are those of inference); afterwards each module's own train/eval
+    flag and each layer's momentum are restored. On any error, including an empty ``batches``,
+    the original statistics are put back. Returns the number of images seen.
     Raises ``ValueError`` when the model has no BatchNorm layer keeping running statistics.
     """
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
@@ -72,11 +113,14 @@ def adapt_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *, device
         device = next(model.parameters()).device
     momenta = [layer.momentum for layer in layers]
     saved = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in layers]
+    moments = [_PooledInputMoments() for _ in layers]
+    hooks = [layer.register_forward_pre_hook(acc) for layer, acc in zip(layers, moments)]
     seen = 0
     with _modes_kept(model), torch.no_grad():
         model.eval()
         for layer in layers:
-            layer.reset_running_stats()
+            layer.reset_running_stats()  # num_batches_tracked from 0: it counts this run's batches
+            layer.momentum = 0.0  # the pooled statistics are set at the end, not averaged per batch
             layer.train()
         try:
             for batch in batches:
@@ -85,18 +129,24 @@ def adapt_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *, device
                         "each target batch must be a non-empty image tensor (B, C, H, W), got "
                         f"{tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__}"
                     )
-                # Cumulative average weighted by images: new = old + n / (seen + n) * (batch - old).
-                for layer in layers:
-                    layer.momentum = len(batch) / (seen + len(batch))
                 model(batch.to(device))
                 seen += len(batch)
             if seen == 0:
                 raise ValueError("no target batch given: AdaBN needs unlabelled scans from the target site")
+            for layer, acc, state in zip(layers, moments, saved):
+                if acc.count == 0:  # never reached by the forward pass: keep what it had
+                    layer.load_state_dict(state)
+                    continue
+                mean, variance = acc.mean_and_variance()
+                layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
+                layer.running_var.copy_(variance.to(layer.running_var.dtype))
         except BaseException:
             for layer, state in zip(layers, saved):
                 layer.load_state_dict(state)
             raise
         finally:
+            for hook in hooks:
+                hook.remove()
             for layer, momentum in zip(layers, momenta):
                 layer.momentum = momentum
     return seen

@@ -154,17 +154,21 @@ def _package_weights_file(package: str, level: str) -> Path:
 
 def _load_by_position(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load a state dict whose names differ from the model's but whose tensors come in the same
-    order with the same shapes (efficientnet_pytorch names into timm), checking every shape."""
+    order (efficientnet_pytorch names into timm). Each pair must agree in shape and in the last
+    part of its name (``weight``, ``bias``, ``running_mean``, ``running_var``), which catches a
+    reordered file: BatchNorm's four tensors share one shape."""
     target = model.state_dict()
-    tensors = [v for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    given = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
     names = [k for k in target if not k.endswith("num_batches_tracked")]
-    if len(tensors) != len(names):
-        raise ValueError(f"{source}: {len(tensors)} tensors where the network has {len(names)}")
-    for name, tensor in zip(names, tensors):
-        if tuple(tensor.shape) != tuple(target[name].shape):
-            raise ValueError(f"{source}: tensor for {name} has shape {tuple(tensor.shape)}, "
-                             f"expected {tuple(target[name].shape)}")
-    model.load_state_dict(dict(zip(names, tensors)), strict=False)
+    if len(given) != len(names):
+        raise ValueError(f"{source}: {len(given)} tensors where the network has {len(names)}")
+    for name, (key, tensor) in zip(names, given):
+        if tuple(tensor.shape) != tuple(target[name].shape) or key.rpartition(".")[2] != name.rpartition(".")[2]:
+            raise ValueError(
+                f"{source}: tensor {key} {tuple(tensor.shape)} falls on {name} {tuple(target[name].shape)}; "
+                "loading efficientnet_pytorch names needs the original .pth, whose tensors are in network order"
+            )
+    model.load_state_dict({name: tensor for name, (_, tensor) in zip(names, given)}, strict=False)
 
 
 def _torchvision_cache_file(info: BackboneInfo) -> Path:
@@ -214,6 +218,7 @@ def _load_weights(model: nn.Module, info: BackboneInfo, state: dict[str, torch.T
     """Load ``state`` into ``model`` by name; EfficientNet-Lite weights under efficientnet_pytorch
     names (no name in common with timm's) load by position. Anything else that does not fit is
     an error naming what is missing or unexpected."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
     if info.arch.startswith("densenet"):
         state = {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}
     expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
@@ -221,7 +226,10 @@ def _load_weights(model: nn.Module, info: BackboneInfo, state: dict[str, torch.T
     if info.library == "timm" and not expected & given:
         _load_by_position(model, state, source)
         return
-    missing, unexpected = sorted(expected - given), sorted(given - set(model.state_dict()))
+    # A feature-only checkpoint (self-supervised, RadImageNet) may lack the ImageNet classifier,
+    # which medxfer replaces anyway.
+    missing = sorted(k for k in expected - given if not k.startswith(info.classifier + "."))
+    unexpected = sorted(given - set(model.state_dict()))
     if missing or unexpected:
         raise ValueError(
             f"{source}: does not hold {info.name} weights ({len(missing)} missing, e.g. {missing[:2]}; "

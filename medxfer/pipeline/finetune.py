@@ -184,6 +184,8 @@ class GradualUnfreezing:
             )
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if model.adapter_reduction is not None:
+            raise ValueError("gradual unfreezing does not combine with adapters; use the adapters strategy alone")
         n_stages = len(model.info.stages)
         k = 0 if epoch < self.start else min(n_stages, 1 + (epoch - self.start) // self.every)
         strategy = "linear" if k == 0 else "full" if k == n_stages else "partial"

@@ -8,6 +8,8 @@ features and ``forward(x)`` the logits of the head, one per class (softmax) or o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from timm.layers import DropPath
 from torch import nn
@@ -102,6 +104,7 @@ class XrayClassifier(nn.Module):
         self.mean = tuple(mean) if mean is not None else info.mean
         self.std = tuple(std) if std is not None else info.std
         self.adapter_reduction: int | None = None  # set by adaptation.add_adapters
+        self.trained_spec: InputSpec | None = None  # the input a saved model was trained on (set on load)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features, (B, feature_dim)."""
@@ -115,11 +118,14 @@ class XrayClassifier(nn.Module):
         """Softmax over classes, or per-finding sigmoid for a multi-label head."""
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
 
-    def input_spec(self, image_size: int | None = None, fit: str = "letterbox") -> InputSpec:
-        """What ``medxfer.transforms`` must produce for this network."""
+    def input_spec(self, image_size: int | None = None, fit: str | None = None) -> InputSpec:
+        """What ``medxfer.transforms`` must produce for this network: by default the input a
+        loaded model was trained on, else the backbone's own size with letterboxing."""
+        default = self.trained_spec
         return InputSpec(
-            image_size=image_size or self.info.input_size, fit=fit, channels=self.in_channels,
-            mean=self.mean, std=self.std,
+            image_size=image_size or (default.image_size if default else self.info.input_size),
+            fit=fit or (default.fit if default else "letterbox"),
+            channels=self.in_channels, mean=self.mean, std=self.std,
         )
 
     def train(self, mode: bool = True) -> XrayClassifier:
@@ -146,7 +152,7 @@ def build_classifier(
     backbone: str = DEFAULT_BACKBONE,
     num_outputs: int = 2,
     *,
-    weights: str = "imagenet",
+    weights: str | Path = "imagenet",
     in_channels: int = 3,
     dropout: float = 0.2,
     multi_label: bool = False,

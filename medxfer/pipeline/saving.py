@@ -47,6 +47,11 @@ def save_model(
         raise ValueError(f"{len(classes)} class names for a head with {head.out_features} outputs")
     if spec.channels != model.in_channels:
         raise ValueError(f"input spec has {spec.channels} channels, the network takes {model.in_channels}")
+    if not (_close(spec.mean, model.mean) and _close(spec.std, model.std)):
+        raise ValueError(
+            f"input spec normalises with mean {spec.mean} and std {spec.std}, "
+            f"the network expects {model.mean} and {model.std}"
+        )
     folder = Path(folder)
     weights = save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
     recipe = {
@@ -71,6 +76,10 @@ def save_model(
     return atomic_write_text(folder / RECIPE_FILE, json.dumps(recipe, indent=2) + "\n")
 
 
+def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b))
+
+
 def read_recipe(folder: str | Path) -> dict[str, Any]:
     """The ``model.json`` of a saved model, with a clear error when it is missing or broken."""
     path = Path(folder) / RECIPE_FILE
@@ -80,11 +89,17 @@ def read_recipe(folder: str | Path) -> dict[str, Any]:
         recipe = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    missing = [k for k in ("format", "backbone", "classes", "in_channels", "image_size", "weights_sha256") if k not in recipe]
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: not a model recipe (a JSON object)")
+    required = ("format", "backbone", "classes", "in_channels", "image_size", "mean", "std", "weights_sha256")
+    missing = [k for k in required if k not in recipe]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}")
     if recipe["format"] != FORMAT:
-        raise ValueError(f"{path}: format {recipe['format']} is not one this medxfer ({__version__}) reads")
+        raise ValueError(
+            f"{path}: format {recipe['format']} is not one this medxfer ({__version__}) reads; "
+            "a newer medxfer wrote it, so upgrade medxfer"
+        )
     return recipe
 
 
@@ -101,15 +116,20 @@ def load_model(folder: str | Path) -> tuple[XrayClassifier, InputSpec, dict[str,
     digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     if digest != recipe["weights_sha256"]:
         raise ValueError(f"{weights_path} does not match {folder / RECIPE_FILE} (SHA-256 differs)")
-    model = build_classifier(
-        recipe["backbone"], len(recipe["classes"]), weights="random", in_channels=recipe["in_channels"],
-        dropout=recipe.get("dropout", 0.2), multi_label=recipe.get("multi_label", False),
-    )
-    if recipe.get("adapter_reduction"):
-        add_adapters(model, reduction=recipe["adapter_reduction"])
-    model.load_state_dict(load_file(str(weights_path)))
-    spec = InputSpec(
-        image_size=recipe["image_size"], fit=recipe.get("fit", "letterbox"), channels=recipe["in_channels"],
-        mean=tuple(recipe["mean"]), std=tuple(recipe["std"]),
-    )
+    try:
+        model = build_classifier(
+            recipe["backbone"], len(recipe["classes"]), weights="random", in_channels=recipe["in_channels"],
+            dropout=recipe.get("dropout", 0.2), multi_label=recipe.get("multi_label", False),
+        )
+        if recipe.get("adapter_reduction"):
+            add_adapters(model, reduction=recipe["adapter_reduction"])
+        model.load_state_dict(load_file(str(weights_path)))
+        spec = InputSpec(
+            image_size=recipe["image_size"], fit=recipe.get("fit", "letterbox"), channels=recipe["in_channels"],
+            mean=tuple(recipe["mean"]), std=tuple(recipe["std"]),
+        )
+    except (ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{folder / RECIPE_FILE} does not describe the network in {WEIGHTS_FILE}: {reason}") from None
+    model.mean, model.std, model.trained_spec = spec.mean, spec.std, spec
     return model.eval(), spec, recipe

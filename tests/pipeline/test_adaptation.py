@@ -82,14 +82,73 @@ def test_adabn_changes_batchnorm_statistics_and_nothing_else():
     assert {name: m.momentum for name, m in model.named_modules() if isinstance(m, _BatchNorm)} == momenta
     assert not any(m.training for m in model.modules())
 
-    # The first BatchNorm's running statistics are those of its inputs over all 8 target images:
-    # the mean over all, the variance the image-weighted mean of per-batch unbiased variances.
+    # The first BatchNorm's running statistics are those of its inputs pooled over all 8 target
+    # images: their mean and their unbiased variance (not an average of per-batch variances).
     assert [len(x) for x in seen_by_first_bn] == [3, 5]
-    pooled = torch.cat(seen_by_first_bn)
-    torch.testing.assert_close(first_bn.running_mean, pooled.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
-    variance = sum(len(x) * x.var(dim=(0, 2, 3), unbiased=True) for x in seen_by_first_bn) / 8
-    torch.testing.assert_close(first_bn.running_var, variance, rtol=1e-4, atol=1e-5)
-    assert int(first_bn.num_batches_tracked) == 2
+    pooled = torch.cat(seen_by_first_bn).double()
+    torch.testing.assert_close(first_bn.running_mean, pooled.mean(dim=(0, 2, 3)).float(), rtol=1e-5, atol=1e-6)
+    variance = pooled.var(dim=(0, 2, 3), unbiased=True).float()
+    torch.testing.assert_close(first_bn.running_var, variance, rtol=1e-5, atol=1e-6)
+    assert int(first_bn.num_batches_tracked) == 2  # the number of batches
+
+
+def bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if k in bn_buffer_keys(model)}
+
+
+def test_adabn_does_not_depend_on_how_the_images_are_batched():
+    """The first BatchNorm layer sees the same inputs whatever the batching, so its statistics,
+    pooled over all images, are the same for one batch, batches of 3 and 5, sorted or shuffled;
+    and shuffling the images within one batch changes no layer's statistics."""
+    images = torch.cat(target_batches((3, 5)))
+    shuffled = images[torch.randperm(8, generator=torch.Generator().manual_seed(1))]
+    model = build_classifier("resnet18", 2, weights="random")
+    bn1 = model.backbone.bn1
+    stats = {}
+    for name, batches in {
+        "one batch": [images],
+        "3 then 5": list(images.split((3, 5))),
+        "shuffled, 5 then 3": list(shuffled.split((5, 3))),
+        "shuffled, one batch": [shuffled],
+    }.items():
+        adapt_batchnorm(model, batches)
+        stats[name] = bn_state(model)
+        assert int(bn1.num_batches_tracked) == len(batches)
+    reference = stats["one batch"]
+    for name, state in stats.items():
+        for buffer in ("running_mean", "running_var"):
+            key = f"backbone.bn1.{buffer}"
+            torch.testing.assert_close(state[key], reference[key], rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+    for key in reference:  # every layer: a permutation within one batch gives the same statistics
+        torch.testing.assert_close(stats["shuffled, one batch"][key], reference[key], rtol=1e-5, atol=1e-6)
+
+
+def test_adabn_pools_the_variance_of_label_sorted_homogeneous_batches():
+    """A target loader without shuffling over a manifest sorted by label gives homogeneous
+    batches: here a dark cluster of images, then a bright one. Each batch's own variance is
+    small; the running variance must be that of all images together, which is far larger."""
+    generator = torch.Generator().manual_seed(2)
+    dark = -1.0 + 0.1 * torch.randn(4, 3, 64, 64, generator=generator)
+    bright = 2.0 + 0.1 * torch.randn(4, 3, 64, 64, generator=generator)
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 2, weights="random")
+    bn1 = model.backbone.bn1
+    seen = []
+    hook = bn1.register_forward_pre_hook(lambda module, args: seen.append(args[0].double()))
+    assert adapt_batchnorm(model, [dark, bright]) == 8
+    hook.remove()
+
+    pooled = torch.cat(seen)
+    pooled_var = pooled.var(dim=(0, 2, 3), unbiased=True)
+    torch.testing.assert_close(bn1.running_mean, pooled.mean(dim=(0, 2, 3)).float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn1.running_var, pooled_var.float(), rtol=1e-5, atol=1e-6)
+    # The old estimate, the average of the per-batch variances, is far too small.
+    within = sum(x.var(dim=(0, 2, 3), unbiased=True) for x in seen) / 2
+    assert bn1.running_var.double().sum() > 5 * within.sum()
+    assert (bn1.running_var.double() / within).median() > 3
+
+    adapt_batchnorm(model, [torch.cat([dark, bright])])  # the same as one big batch
+    torch.testing.assert_close(bn1.running_var, pooled_var.float(), rtol=1e-5, atol=1e-6)
 
 
 def test_adabn_on_a_single_batch_gives_that_batch_s_exact_statistics():

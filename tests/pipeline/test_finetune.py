@@ -234,3 +234,11 @@ def test_bad_strategy_names_the_valid_ones():
         parameter_groups(model, lr=1e-3, layer_decay=1.5)
     with pytest.raises(ValueError, match="every >= 1"):
         GradualUnfreezing(every=0).apply(model, 0)
+
+
+def test_gradual_unfreezing_refuses_a_model_with_adapters():
+    from medxfer.pipeline.adaptation import add_adapters
+
+    model = add_adapters(classifier("resnet18"))
+    with pytest.raises(ValueError, match="does not combine with adapters"):
+        GradualUnfreezing().apply(model, 0)

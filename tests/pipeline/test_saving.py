@@ -11,6 +11,7 @@ from medxfer.pipeline.adaptation import add_adapters
 from medxfer.pipeline.finetune import apply_strategy
 from medxfer.pipeline.model import build_classifier
 from medxfer.pipeline.saving import RECIPE_FILE, WEIGHTS_FILE, load_model, read_recipe, save_model
+from medxfer.transforms.preparation import InputSpec
 
 
 def trained_a_little(model: torch.nn.Module) -> torch.nn.Module:
@@ -81,3 +82,31 @@ def test_class_names_must_match_the_head(tmp_path):
     model = build_classifier("resnet18", 2, weights="random")
     with pytest.raises(ValueError, match="3 class names for a head with 2 outputs"):
         save_model(model, tmp_path, classes=["a", "b", "c"], spec=model.input_spec(), strategy="full")
+
+
+def test_a_loaded_model_reports_the_input_it_was_trained_on(tmp_path):
+    model = build_classifier("resnet18", 2, weights="random")
+    spec = model.input_spec(96, fit="crop")
+    save_model(model, tmp_path, classes=["a", "b"], spec=spec, strategy="full")
+    loaded, loaded_spec, _ = load_model(tmp_path)
+    assert loaded.input_spec() == loaded_spec == spec
+
+
+def test_a_spec_with_other_normalisation_is_refused(tmp_path):
+    model = build_classifier("resnet18", 2, weights="random")
+    other = InputSpec(image_size=96, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="the network expects"):
+        save_model(model, tmp_path, classes=["a", "b"], spec=other, strategy="full")
+
+
+def test_a_recipe_that_does_not_fit_its_weights_names_the_file(tmp_path):
+    model = build_classifier("resnet18", 2, weights="random")
+    save_model(model, tmp_path, classes=["a", "b"], spec=model.input_spec(), strategy="full")
+    recipe = json.loads((tmp_path / RECIPE_FILE).read_text())
+    for change in ({"classes": ["a", "b", "c"]}, {"backbone": "resnet34"}):
+        (tmp_path / RECIPE_FILE).write_text(json.dumps({**recipe, **change}))
+        with pytest.raises(ValueError, match="model.json does not describe the network"):
+            load_model(tmp_path)
+    (tmp_path / RECIPE_FILE).write_text(json.dumps({**recipe, "format": 2}))
+    with pytest.raises(ValueError, match="upgrade medxfer"):
+        load_model(tmp_path)
