@@ -8,9 +8,9 @@ detail a single Gaussian removes, using MONAI's ``GaussianSmooth`` for that Gaus
 from __future__ import annotations
 
 import torch
-from monai.transforms import GaussianSmooth, RandomizableTransform
+from monai.transforms import GaussianSmooth
 
-from medxfer.transforms.geometry import plain_tensor
+from medxfer.transforms.base import SampledTransform, plain_tensor
 
 
 def unsharp_mask(image: torch.Tensor, sigma: float, amount: float) -> torch.Tensor:
@@ -21,12 +21,12 @@ def unsharp_mask(image: torch.Tensor, sigma: float, amount: float) -> torch.Tens
     return values + amount * (values - blurred)
 
 
-class RandUnsharpMask(RandomizableTransform):
+class RandUnsharpMask(SampledTransform):
     """With probability ``prob``: ``unsharp_mask`` with sigma uniform in ``sigma_range`` pixels
     and amount uniform in ``amount_range``."""
 
     def __init__(self, sigma_range: tuple[float, float], amount_range: tuple[float, float], prob: float) -> None:
-        RandomizableTransform.__init__(self, prob)
+        SampledTransform.__init__(self, prob)
         self.sigma_range, self.amount_range = sigma_range, amount_range
         self._sigma, self._amount = sigma_range[0], 0.0
 
@@ -36,9 +36,5 @@ class RandUnsharpMask(RandomizableTransform):
             self._sigma = self.R.uniform(*self.sigma_range)
             self._amount = self.R.uniform(*self.amount_range)
 
-    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return image
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
         return unsharp_mask(image, self._sigma, self._amount)

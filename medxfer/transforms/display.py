@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 import torch
-from monai.transforms import RandomizableTransform, ScaleIntensityRange
+from monai.transforms import ScaleIntensityRange
 from skimage.exposure import equalize_adapthist
 
-from medxfer.transforms.geometry import plain_tensor
+from medxfer.transforms.base import SampledTransform, plain_tensor
 
 
 def window(image: torch.Tensor, center: float, width: float) -> torch.Tensor:
@@ -26,13 +26,13 @@ def window(image: torch.Tensor, center: float, width: float) -> torch.Tensor:
     return plain_tensor(transform(image))
 
 
-class RandWindowJitter(RandomizableTransform):
+class RandWindowJitter(SampledTransform):
     """With probability ``prob``: re-window with the center moved uniformly by up to
     +-``center_shift`` and the width multiplied by a factor log-uniform in
     [1 / (1 + ``width_change``), 1 + ``width_change``]."""
 
     def __init__(self, center_shift: float, width_change: float, prob: float) -> None:
-        RandomizableTransform.__init__(self, prob)
+        SampledTransform.__init__(self, prob)
         self.center_shift, self.width_change = center_shift, width_change
         self._center, self._width = 0.5, 1.0
 
@@ -43,11 +43,7 @@ class RandWindowJitter(RandomizableTransform):
             spread = math.log1p(self.width_change)
             self._width = math.exp(self.R.uniform(-spread, spread))
 
-    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return image
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
         return window(image, self._center, self._width)
 
 
@@ -65,11 +61,11 @@ def clahe(image: torch.Tensor, clip_limit: float) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-class RandCLAHE(RandomizableTransform):
+class RandCLAHE(SampledTransform):
     """With probability ``prob``: CLAHE with a clip limit uniform in ``clip_range``."""
 
     def __init__(self, clip_range: tuple[float, float], prob: float) -> None:
-        RandomizableTransform.__init__(self, prob)
+        SampledTransform.__init__(self, prob)
         self.clip_range = clip_range
         self._clip = clip_range[0]
 
@@ -78,11 +74,7 @@ class RandCLAHE(RandomizableTransform):
         if self._do_transform:
             self._clip = self.R.uniform(*self.clip_range)
 
-    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return image
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
         return clahe(image, self._clip)
 
 
@@ -98,11 +90,11 @@ def contrast(image: torch.Tensor, factor: float) -> torch.Tensor:
     return (values - mean) * factor + mean
 
 
-class RandContrast(RandomizableTransform):
+class RandContrast(SampledTransform):
     """With probability ``prob``: ``contrast`` with a factor uniform in 1 +- ``spread``."""
 
     def __init__(self, spread: float, prob: float) -> None:
-        RandomizableTransform.__init__(self, prob)
+        SampledTransform.__init__(self, prob)
         self.spread = spread
         self._factor = 1.0
 
@@ -111,11 +103,7 @@ class RandContrast(RandomizableTransform):
         if self._do_transform:
             self._factor = 1.0 + self.R.uniform(-self.spread, self.spread)
 
-    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return image
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
         return contrast(image, self._factor)
 
 
@@ -128,7 +116,7 @@ def intensity_curve(image: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out.reshape(values.shape))
 
 
-class RandHistogramShift(RandomizableTransform):
+class RandHistogramShift(SampledTransform):
     """With probability ``prob``: a monotone intensity curve through ``points`` evenly spaced
     control points on the [0, 1] display scale, each moved by up to +-``shift``.
 
@@ -138,7 +126,7 @@ class RandHistogramShift(RandomizableTransform):
     """
 
     def __init__(self, points: int, shift: float, prob: float) -> None:
-        RandomizableTransform.__init__(self, prob)
+        SampledTransform.__init__(self, prob)
         self.points, self.shift = points, shift
         self._targets = np.linspace(0.0, 1.0, points)
 
@@ -149,9 +137,5 @@ class RandHistogramShift(RandomizableTransform):
             moved = np.clip(knots + self.R.uniform(-self.shift, self.shift, self.points), 0.0, 1.0)
             self._targets = np.maximum.accumulate(moved)  # keep the curve monotone
 
-    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return image
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
         return intensity_curve(image, self._targets)

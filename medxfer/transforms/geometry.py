@@ -11,13 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.transforms import Affine, RandomizableTransform
+from monai.transforms import Affine
 from torchvision.transforms.v2 import functional as TF
 
-
-def plain_tensor(image: torch.Tensor) -> torch.Tensor:
-    """``image`` as a plain ``torch.Tensor`` (MONAI transforms return its ``MetaTensor`` subclass)."""
-    return image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+from medxfer.transforms.base import SampledTransform, plain_tensor
 
 
 def affine(image: torch.Tensor, angle: float, zoom: float, shift: tuple[float, float]) -> torch.Tensor:
@@ -38,12 +35,12 @@ def affine(image: torch.Tensor, angle: float, zoom: float, shift: tuple[float, f
     return plain_tensor(transform(image))
 
 
-class RandIsotropicAffine(RandomizableTransform):
+class RandIsotropicAffine(SampledTransform):
     """With probability ``prob``: rotation uniform in +-``rotation`` degrees, zoom uniform in
     [1 - ``scale``, 1 + ``scale``], shift uniform in +-``translation`` of each side."""
 
     def __init__(self, rotation: float, scale: float, translation: float, prob: float) -> None:
-        RandomizableTransform.__init__(self, prob)
+        SampledTransform.__init__(self, prob)
         self.rotation, self.scale, self.translation = rotation, scale, translation
         self._angle, self._zoom, self._shift = 0.0, 1.0, (0.0, 0.0)
 
@@ -54,11 +51,7 @@ class RandIsotropicAffine(RandomizableTransform):
             self._zoom = self.R.uniform(1.0 - self.scale, 1.0 + self.scale)
             self._shift = tuple(self.R.uniform(-self.translation, self.translation, size=2))
 
-    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return image
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
         return affine(image, self._angle, self._zoom, self._shift)
 
 
@@ -69,7 +62,7 @@ def resized_crop(image: torch.Tensor, box: tuple[int, int, int, int]) -> torch.T
     return TF.resized_crop(plain_tensor(image), *box, size=[height, width], antialias=True)
 
 
-class RandResizedCrop(RandomizableTransform):
+class RandResizedCrop(SampledTransform):
     """With probability ``prob``: keep a random part of the image covering a fraction of its
     area uniform in [``min_area``, 1] with an aspect ratio (width / height, in pixels)
     log-uniform in [1 / ``max_aspect``, ``max_aspect``], resized back to the full size.
@@ -83,7 +76,7 @@ class RandResizedCrop(RandomizableTransform):
     ATTEMPTS = 10
 
     def __init__(self, min_area: float, max_aspect: float, prob: float) -> None:
-        RandomizableTransform.__init__(self, prob)
+        SampledTransform.__init__(self, prob)
         self.min_area, self.max_aspect = min_area, max_aspect
         # Candidate draws: area fraction, log aspect ratio, relative top, relative left.
         self._draws: list[tuple[float, float, float, float]] = []
@@ -113,9 +106,5 @@ class RandResizedCrop(RandomizableTransform):
                 return round(rel_top * (height - crop_h)), round(rel_left * (width - crop_w)), crop_h, crop_w
         return 0, 0, height, width
 
-    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return image
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
         return resized_crop(image, self.box(*image.shape[-2:]))

@@ -11,10 +11,9 @@ reproducible by a seeded DataLoader generator).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
-
-import warnings
 
 import numpy as np
 import torch

@@ -15,9 +15,8 @@ import math
 
 import numpy as np
 import torch
-from monai.transforms import RandomizableTransform
 
-from medxfer.transforms.geometry import plain_tensor
+from medxfer.transforms.base import SampledTransform, plain_tensor
 
 ATTENUATION = math.log(50.0)
 
@@ -32,12 +31,12 @@ def quantum_noise(image: torch.Tensor, photons: float, rng: np.random.Generator)
     return torch.from_numpy(np.clip(noisy, 0.0, 1.0).astype(np.float32))
 
 
-class RandQuantumNoise(RandomizableTransform):
+class RandQuantumNoise(SampledTransform):
     """With probability ``prob``: quantum noise for a photon count log-uniform in
     ``photon_range`` (photons per pixel in unattenuated areas; lower means noisier)."""
 
     def __init__(self, photon_range: tuple[float, float], prob: float) -> None:
-        RandomizableTransform.__init__(self, prob)
+        SampledTransform.__init__(self, prob)
         self.photon_range = photon_range
         self._photons = photon_range[1]
         self._noise_seed = 0
@@ -49,9 +48,5 @@ class RandQuantumNoise(RandomizableTransform):
             self._photons = float(np.exp(self.R.uniform(low, high)))
             self._noise_seed = int(self.R.randint(2**31))
 
-    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return image
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
         return quantum_noise(image, self._photons, np.random.default_rng(self._noise_seed))

@@ -30,9 +30,10 @@ from monai.transforms import (
     RandShiftIntensity,
 )
 
+from medxfer.transforms.base import plain_tensor
 from medxfer.transforms.detector import RandUnsharpMask
 from medxfer.transforms.display import RandCLAHE, RandContrast, RandHistogramShift, RandWindowJitter
-from medxfer.transforms.geometry import RandIsotropicAffine, RandResizedCrop, plain_tensor
+from medxfer.transforms.geometry import RandIsotropicAffine, RandResizedCrop
 from medxfer.transforms.noise import RandQuantumNoise
 from medxfer.transforms.preparation import (
     InputSpec,

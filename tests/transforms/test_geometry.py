@@ -3,9 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
 
-from medxfer.transforms.geometry import RandIsotropicAffine, RandResizedCrop, affine, plain_tensor, resized_crop
+from medxfer.transforms.geometry import RandIsotropicAffine, RandResizedCrop, affine, resized_crop
 
 SIZE = 64
 
@@ -48,23 +47,6 @@ def second_moments(image: torch.Tensor) -> tuple[float, float, float]:
     var_c = ((cols - c0) ** 2 * weights).sum() / total
     cov = ((rows - r0) * (cols - c0) * weights).sum() / total
     return float(var_r), float(var_c), float(cov)
-
-
-# --- plain_tensor ---------------------------------------------------------------------------
-
-
-def test_plain_tensor_strips_the_meta_tensor_subclass():
-    data = torch.arange(6.0).reshape(1, 2, 3)
-    out = plain_tensor(MetaTensor(data))
-    assert type(out) is torch.Tensor
-    torch.testing.assert_close(out, data)
-
-
-def test_plain_tensor_converts_a_numpy_array():
-    array = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
-    out = plain_tensor(array)
-    assert type(out) is torch.Tensor
-    np.testing.assert_array_equal(out.numpy(), array)
 
 
 # --- affine ---------------------------------------------------------------------------------
