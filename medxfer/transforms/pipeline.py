@@ -35,15 +35,7 @@ from medxfer.transforms.detector import RandUnsharpMask
 from medxfer.transforms.display import RandCLAHE, RandContrast, RandHistogramShift, RandWindowJitter
 from medxfer.transforms.geometry import RandIsotropicAffine, RandResizedCrop
 from medxfer.transforms.noise import RandQuantumNoise
-from medxfer.transforms.preparation import (
-    InputSpec,
-    fitted_size,
-    normalise,
-    resize,
-    to_channel_first,
-    to_channels,
-    to_square,
-)
+from medxfer.transforms.preparation import InputSpec, normalise, resize_to_fit, to_channels, to_square
 from medxfer.transforms.presets import PRESETS, AugmentParams, augmentation
 
 
@@ -110,8 +102,7 @@ class XrayPipeline:
         replication and normalisation. ``seed`` fixes every random draw (same seed, same
         image); ``None`` continues the pipeline's own random stream."""
         spec = self.spec
-        image = to_channel_first(pixels)
-        image = resize(image, fitted_size(image.shape[1], image.shape[2], spec.image_size, spec.fit))
+        image = resize_to_fit(pixels, spec)
         if not self.augments:
             return to_square(image, spec)
         if seed is not None:

@@ -157,12 +157,16 @@ def normalise(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
     return (image - mean_t) / std_t
 
 
+def resize_to_fit(pixels: np.ndarray | torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """(C, h, w) tensor in [0, 1]: the scan resized as ``spec.fit`` says, not yet square."""
+    image = to_channel_first(pixels)
+    return resize(image, fitted_size(image.shape[1], image.shape[2], spec.image_size, spec.fit))
+
+
 def fit_image(pixels: np.ndarray | torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """(C, S, S) tensor in [0, 1]: the scan resized and made square as ``spec`` says, before
     channels and normalisation (what a person would look at)."""
-    image = to_channel_first(pixels)
-    image = resize(image, fitted_size(image.shape[1], image.shape[2], spec.image_size, spec.fit))
-    return to_square(image, spec)
+    return to_square(resize_to_fit(pixels, spec), spec)
 
 
 def prepare_input(pixels: np.ndarray | torch.Tensor, spec: InputSpec) -> torch.Tensor:
