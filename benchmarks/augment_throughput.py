@@ -24,11 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 
 from medxfer.datasets import phantom, read_scan
+from medxfer.pipeline.model import build_classifier
 from medxfer.transforms import PRESET_NAMES, InputSpec, XrayPipeline
 
 NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-pneumonia-256"
@@ -88,7 +88,7 @@ def augmentation_rate(preset: str, images: list[np.ndarray], image_size: int, qu
 
 def model_rates(image_size: int, batch_size: int, quick: bool) -> tuple[float, float]:
     """(training-step, forward-only) images per second of the backbone on random inputs."""
-    model = timm.create_model(BACKBONE, pretrained=False, num_classes=2)
+    model = build_classifier(BACKBONE, 2, weights="random")  # the network medxfer trains
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     inputs = torch.randn(batch_size, 3, image_size, image_size)
     labels = torch.randint(0, 2, (batch_size,))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from medxfer.pipeline.model import XrayClassifier, get_module, set_module
+from medxfer.pipeline.model import XrayClassifier, set_module
 
 # Side of the square dummy input of the dry run that finds each stage's output channels, pixels:
 # small, yet large enough for every registry backbone (stride 32 leaves a 2x2 map).
@@ -198,7 +198,7 @@ def _stage_output_shapes(model: XrayClassifier) -> list[torch.Size]:
     for path in model.info.stages:
         def record(module: nn.Module, args: tuple, output: torch.Tensor, path: str = path) -> None:
             shapes[path] = output.shape
-        handles.append(get_module(model.backbone, path).register_forward_hook(record))
+        handles.append(model.backbone.get_submodule(path).register_forward_hook(record))
     param = next(model.parameters())
     dummy = torch.zeros(1, model.in_channels, _DRY_RUN_SIZE, _DRY_RUN_SIZE, device=param.device, dtype=param.dtype)
     try:
@@ -229,7 +229,7 @@ def add_adapters(model: XrayClassifier, *, reduction: int = 16) -> XrayClassifie
     param = next(model.parameters())
     for path, shape in zip(model.info.stages, _stage_output_shapes(model)):
         adapter = ResidualAdapter(shape[1], reduction).to(device=param.device, dtype=param.dtype)
-        set_module(model.backbone, path, AdaptedStage(get_module(model.backbone, path), adapter))
+        set_module(model.backbone, path, AdaptedStage(model.backbone.get_submodule(path), adapter))
     model.adapter_reduction = reduction
     return model
 

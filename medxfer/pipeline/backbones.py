@@ -121,7 +121,9 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     weights in ``state_dict`` or ``model`` is unwrapped."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsUnavailableError(f"{path}: no such weights file")
+        raise WeightsUnavailableError(
+            f"{path}: no such weights file (weights are 'imagenet', 'random' or the path of a .safetensors or .pth file)"
+        )
     try:
         if path.suffix == ".safetensors":
             return load_safetensors(str(path))
@@ -180,7 +182,7 @@ def _torchvision_cache_file(info: BackboneInfo) -> Path:
             f"Get them once on a machine with network access, e.g. "
             f"`python -c \"import torchvision; torchvision.models.{info.arch}(weights='DEFAULT')\"`, "
             f"and copy {os.path.basename(enum.url)} into that folder (or set TORCH_HOME), "
-            "or pass the file with --weights PATH, or use weights='random'"
+            "or pass the file as weights=PATH (--weights PATH on the command line), or use weights='random'"
         )
     return cached
 
@@ -221,15 +223,22 @@ def _load_weights(model: nn.Module, info: BackboneInfo, state: dict[str, torch.T
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
     if info.arch.startswith("densenet"):
         state = {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}
-    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
-    given = {k for k in state if not k.endswith("num_batches_tracked")}
-    if info.library == "timm" and not expected & given:
+    target = model.state_dict()
+    expected = {k for k in target if not k.endswith("num_batches_tracked")}
+    if info.library == "timm" and not expected & set(state):
         _load_by_position(model, state, source)
         return
     # A feature-only checkpoint (self-supervised, RadImageNet) may lack the ImageNet classifier,
-    # which medxfer replaces anyway.
-    missing = sorted(k for k in expected - given if not k.startswith(info.classifier + "."))
-    unexpected = sorted(given - set(model.state_dict()))
+    # and a fine-tuned one (CheXNet's 14 findings) may have one of another size; medxfer
+    # replaces the classifier anyway, so neither is an error.
+    classifier = info.classifier + "."
+    state = {
+        k: v for k, v in state.items()
+        if not (k.startswith(classifier) and k in target and v.shape != target[k].shape)
+    }
+    given = {k for k in state if not k.endswith("num_batches_tracked")}
+    missing = sorted(k for k in expected - given if not k.startswith(classifier))
+    unexpected = sorted(given - set(target))
     if missing or unexpected:
         raise ValueError(
             f"{source}: does not hold {info.name} weights ({len(missing)} missing, e.g. {missing[:2]}; "

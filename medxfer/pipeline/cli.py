@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("augment-preview.png"),
                    help="output PNG (default: augment-preview.png)")
     p.add_argument("--draws", type=positive, default=11, help="number of random draws (default: 11)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=count, default=0, help="random seed, 0 or more (default: 0)")
     p.add_argument("--image-size", type=positive, default=224, help="network input side in pixels (default: 224)")
     p.add_argument("--fit", choices=("letterbox", "crop", "squash"), default="letterbox",
                    help="how a non-square scan becomes square (default: letterbox, which keeps the aspect ratio)")

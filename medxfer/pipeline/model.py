@@ -19,11 +19,6 @@ from medxfer.pipeline.backbones import DEFAULT_BACKBONE, BackboneInfo, backbone_
 from medxfer.transforms.preparation import InputSpec
 
 
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at dotted ``path`` (``"features.0.0"``)."""
-    return model.get_submodule(path)
-
-
 def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     """Replace the submodule at dotted ``path`` with ``module``."""
     parent, _, name = path.rpartition(".")
@@ -40,7 +35,7 @@ def grayscale_first_conv(backbone: nn.Module, info: BackboneInfo) -> tuple[float
     border; exact everywhere when the channels share one mean and std, as EfficientNet-Lite's
     do). Returns (m, s), the normalisation the adapted network takes.
     """
-    conv = get_module(backbone, info.first_conv)
+    conv = backbone.get_submodule(info.first_conv)
     mean = sum(info.mean) / 3
     std = sum(info.std) / 3
     with torch.no_grad():

@@ -70,8 +70,11 @@ def save_model(
         "adaptation": adaptation,
         "adapter_reduction": model.adapter_reduction,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
-        **(extra or {}),
     }
+    clashes = sorted(set(extra or {}) & set(recipe))
+    if clashes:
+        raise ValueError(f"extra facts may not replace the recipe's own entries: {', '.join(clashes)}")
+    recipe.update(extra or {})
     atomic_write_bytes(folder / WEIGHTS_FILE, weights)
     return atomic_write_text(folder / RECIPE_FILE, json.dumps(recipe, indent=2) + "\n")
 

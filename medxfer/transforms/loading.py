@@ -77,6 +77,8 @@ class AugmentedDataset(Dataset):
     ) -> None:
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
         self.images, self.labels, self.pipeline, self.seed = images, labels, pipeline, seed
         self._warned = False
 

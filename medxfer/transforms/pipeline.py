@@ -18,6 +18,8 @@ the same ``s`` in any process and with any number of threads, which is how
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from monai.transforms import (
@@ -89,6 +91,7 @@ class XrayPipeline:
         # fixed order, so a seed fixes every draw. (MONAI's Compose.set_random_state would build
         # a new generator for each of the 14 steps, a third of the cost of a light preset.)
         self._rng = np.random.RandomState()
+        self._rng_pid = os.getpid()
         for step in (*before, *after):
             step.set_random_state(state=self._rng)
 
@@ -107,6 +110,11 @@ class XrayPipeline:
             return to_square(image, spec)
         if seed is not None:
             self._rng.seed(int(seed) % 2**32)
+        elif os.getpid() != self._rng_pid:
+            # A DataLoader worker got a copy of the parent's generator; without re-seeding every
+            # worker would repeat the others' draws. torch seeds each worker differently.
+            self._rng.seed(torch.initial_seed() % 2**32)
+            self._rng_pid = os.getpid()
         image = plain_tensor(self._before_square(image)).clamp(0.0, 1.0)
         image = plain_tensor(self._after_square(to_square(image, spec))).clamp(0.0, 1.0)
         if not torch.isfinite(image).all():  # a safety net: no step should ever produce this

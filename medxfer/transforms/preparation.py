@@ -40,8 +40,8 @@ class InputSpec:
     std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        if not 16 <= int(self.image_size) <= 2048:
-            raise ValueError(f"image_size must be between 16 and 2048 pixels, got {self.image_size}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not 16 <= self.image_size <= 2048:
+            raise ValueError(f"image_size must be a whole number of pixels from 16 to 2048, got {self.image_size!r}")
         if self.fit not in FITS:
             raise ValueError(f"unknown fit {self.fit!r}: use one of {', '.join(FITS)}")
         if self.channels not in (1, 3):

@@ -166,9 +166,9 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     torch.save(state, tmp_path / "r18.pth")
     with pytest.raises(ValueError, match=r"r18.pth: does not hold resnet50 weights \(165 missing"):
         build_backbone("resnet50", weights=tmp_path / "r18.pth")
-    torch.save({**state, "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}, tmp_path / "ten.pth")
-    with pytest.raises(ValueError, match="ten.pth: does not fit resnet18"):
-        build_backbone("resnet18", weights=tmp_path / "ten.pth")
+    torch.save({**state, "conv1.weight": torch.zeros(64, 1, 7, 7)}, tmp_path / "gray.pth")
+    with pytest.raises(ValueError, match="gray.pth: does not fit resnet18"):
+        build_backbone("resnet18", weights=tmp_path / "gray.pth")
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="does not hold resnet18 weights"):
         build_backbone("resnet18", weights=tmp_path / "partial.pth")
@@ -177,6 +177,8 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 def test_missing_or_unreadable_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="no such weights file"):
         build_backbone("resnet18", weights=tmp_path / "nowhere.pth")
+    with pytest.raises(WeightsUnavailableError, match="weights are 'imagenet', 'random' or the path"):
+        build_backbone("resnet18", weights="imagnet")
     (tmp_path / "junk.safetensors").write_bytes(np.random.default_rng(0).bytes(100))
     with pytest.raises(ValueError, match="junk.safetensors: not a readable weights file"):
         build_backbone("resnet18", weights=tmp_path / "junk.safetensors")
@@ -193,6 +195,15 @@ def test_a_reordered_efficientnet_pytorch_file_is_refused(tmp_path, lite0):
     torch.save({k: state[k] for k in keys}, tmp_path / "reordered.pth")
     with pytest.raises(ValueError, match="needs the original .pth"):
         build_backbone("efficientnet_lite0", weights=tmp_path / "reordered.pth")
+
+
+def test_a_checkpoint_with_another_classifier_loads_its_features(tmp_path):
+    """CheXNet-style: a DenseNet fine-tuned for 14 findings; its classifier is replaced anyway."""
+    reference = build_backbone("densenet121", weights="random")
+    state = {**reference.state_dict(), "classifier.weight": torch.zeros(14, 1024), "classifier.bias": torch.zeros(14)}
+    torch.save(state, tmp_path / "chexnet.pth")
+    loaded = build_backbone("densenet121", weights=tmp_path / "chexnet.pth")
+    assert torch.equal(loaded.features.norm5.weight, reference.features.norm5.weight)
 
 
 def test_feature_only_and_dataparallel_checkpoints_load(tmp_path):

@@ -110,3 +110,12 @@ def test_a_recipe_that_does_not_fit_its_weights_names_the_file(tmp_path):
     (tmp_path / RECIPE_FILE).write_text(json.dumps({**recipe, "format": 2}))
     with pytest.raises(ValueError, match="upgrade medxfer"):
         load_model(tmp_path)
+
+
+def test_extra_facts_cannot_replace_the_recipe(tmp_path):
+    """An extra entry named like a recipe field would change how the model is rebuilt."""
+    model = build_classifier("resnet18", 2, weights="random")
+    with pytest.raises(ValueError, match="may not replace the recipe's own entries: fit, image_size"):
+        save_model(model, tmp_path, classes=["a", "b"], spec=model.input_spec(224), strategy="full",
+                   extra={"image_size": 512, "fit": "squash"})
+    assert not (tmp_path / RECIPE_FILE).exists()

@@ -147,3 +147,28 @@ def test_derived_seeds_are_stable_and_distinct():
     assert len(seeds) == 450
     assert derived_seed(0, 0, 1) == derived_seed(0, 0, 1)
     assert all(0 <= s < 2**32 for s in seeds)
+
+
+class PipelineOnly(torch.utils.data.Dataset):
+    """A user's own dataset calling the pipeline without a seed."""
+
+    def __init__(self, pipeline: XrayPipeline, image: np.ndarray) -> None:
+        self.pipeline, self.image = pipeline, image
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.pipeline(self.image)
+
+
+def test_unseeded_pipeline_in_workers_does_not_repeat_draws_across_workers():
+    pipeline = XrayPipeline(InputSpec(image_size=32), "strong")
+    loader = torch.utils.data.DataLoader(PipelineOnly(pipeline, images(1)[0]), batch_size=1, num_workers=2)
+    outputs = [x[0] for x in loader]
+    assert all(not torch.equal(outputs[i], outputs[j]) for i in range(4) for j in range(i + 1, 4))
+
+
+def test_a_negative_run_seed_is_refused_up_front():
+    with pytest.raises(ValueError, match="seed must be a whole number >= 0"):
+        AugmentedDataset(images(1), None, XrayPipeline(), seed=-1)

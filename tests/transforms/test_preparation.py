@@ -125,6 +125,7 @@ def test_bad_pixels_are_refused_with_the_reason(pixels, match):
     "kwargs,match",
     [
         ({"image_size": 8}, "image_size"),
+        ({"image_size": 224.5}, "whole number of pixels"),
         ({"fit": "stretch"}, "unknown fit"),
         ({"channels": 2, "mean": (0, 0), "std": (1, 1)}, "channels"),
         ({"channels": 1}, "one value per channel"),
