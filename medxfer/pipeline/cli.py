@@ -15,6 +15,7 @@ from typing import Any
 from medxfer import __version__
 from medxfer.datasets import phantom
 from medxfer.datasets.inventory import inspect_path
+from medxfer.datasets.reader import read_scan
 from medxfer.datasets.scan import MedxferWarning
 from medxfer.datasets.sources import (
     LAYOUTS,
@@ -32,6 +33,7 @@ from medxfer.datasets.splits import (
     split_counts,
     write_splits_csv,
 )
+from medxfer.datasets.volume import VOLUME_STRATEGIES, volume_to_2d
 
 DESCRIPTION = """\
 medxfer turns a small set of labelled scans (DICOM, NIfTI, PNG/JPEG/TIFF) into a classifier you
@@ -157,8 +159,6 @@ def write_augment_preview(
 ) -> Path:
     """Render the augmentation preview grid of one scan to ``out`` (PNG); returns the path."""
     # Imported here: MONAI takes seconds to import and the other commands do not need it.
-    from medxfer.datasets.reader import read_scan
-    from medxfer.datasets.volume import volume_to_2d
     from medxfer.transforms import InputSpec, XrayPipeline, augmentation, preview_grid, write_preview
 
     params = augmentation(preset, overrides)
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how a non-square scan becomes square (default: letterbox, which keeps the aspect ratio)")
     p.add_argument("--window", default="default",
                    help="default, minmax, percentile or CENTER,WIDTH in the scan's units (default: default)")
-    p.add_argument("--volume-strategy", choices=("middle", "mip", "2.5d"), default="middle",
+    p.add_argument("--volume-strategy", choices=[s for s in VOLUME_STRATEGIES if s != "all"], default="middle",
                    help="how a volume or multi-frame scan becomes 2D (default: middle slice)")
     p.set_defaults(func=cmd_augment_preview)
 

@@ -3,8 +3,9 @@
 Every augmentation models something that differs between real acquisitions: positioning
 (affine, crop), exposure and processing (display window, gamma, contrast, brightness,
 histogram shape, CLAHE), detector response (blur, sharpening), dose (Gaussian and quantum
-noise). Intensities are on the [0, 1] display scale of ``Scan.pixels``; sizes are fractions
-of the image side so a preset means the same at any ``image_size``.
+noise). Intensities are on the [0, 1] display scale of ``Scan.pixels``; rotation, shift, crop
+and dropout sizes are fractions of the image side, while blur and sharpening sigmas, noise and
+photon counts are per pixel of the network input (stronger on a small input).
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ PRESETS: dict[str, AugmentParams] = {
         sharpen_amount=(0.25, 1.0), sharpen_prob=0.3,
         noise_std=0.03, noise_prob=0.5,
         quantum_photons=(2000.0, 20000.0), quantum_prob=0.5,
-        dropout_holes=4, dropout_size=0.1, dropout_prob=0.3,
+        dropout_prob=0.3,
     ),
 }
 
