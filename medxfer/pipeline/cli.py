@@ -144,6 +144,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _epochs(text: str) -> int | str:
+    """argparse type for --epochs: ``auto`` or a whole number, 1 or more."""
+    return text if text == "auto" else positive(text)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from medxfer.pipeline.config import load_config
+    from medxfer.pipeline.training import train
+
+    flags = {
+        "data": args.data, "out": args.out, "backbone": args.backbone, "weights": args.weights,
+        "strategy": args.strategy, "adapt": args.adapt, "target_data": args.target_data,
+        "augment": args.augment, "epochs": args.epochs, "image_size": args.image_size,
+        "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
+    }
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}
+    if args.resume:
+        if args.out is None:
+            raise ValueError("--resume needs --out RUN_DIR, the run to continue")
+        saved = Path(args.out) / "config.yaml"
+        config = load_config(args.config or (saved if saved.is_file() else None), flags)
+    else:
+        config = load_config(args.config, flags)
+    if config.out is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("give --out RUN_DIR when running under torchrun, so every process writes to one run")
+        config = replace(config, out=f"runs/train-{datetime.now(UTC):%Y%m%d-%H%M%S}")
+    config = config.validate(need_data=True, check_paths=True)
+    result = train(config, resume=args.resume)
+    print(f"best epoch {result.best_epoch} of {result.epochs_run}, validation AUROC {result.val_auroc:.3f}")
+    return 0
+
+
 def write_augment_preview(
     path: Path,
     out: Path,
@@ -243,6 +279,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume-strategy", choices=[s for s in VOLUME_STRATEGIES if s != "all"], default="middle",
                    help="how a volume or multi-frame scan becomes 2D (default: middle slice)")
     p.set_defaults(func=cmd_augment_preview)
+
+    p = sub.add_parser("train", help="train a classifier on a labelled dataset",
+                       description="Fine-tune an ImageNet-pretrained backbone on class folders or a manifest, "
+                                   "split by patient, with early stopping on validation AUROC. Settings come from "
+                                   "--config FILE (YAML) and the flags below, which override it; every other "
+                                   "setting is listed in the README. Writes RUN_DIR/config.yaml, model.safetensors, "
+                                   "model.json, history.csv, splits.csv and environment.json. Several processes "
+                                   "or machines: torchrun --nproc_per_node=N -m medxfer train ...")
+    p.add_argument("--data", type=Path, help="class folders or CSV manifest (required unless in --config)")
+    p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/train-DATE-TIME)")
+    p.add_argument("--backbone", help="registry backbone (default: efficientnet_lite0)")
+    p.add_argument("--weights", help="imagenet, random, or a .safetensors/.pth file (default: imagenet)")
+    p.add_argument("--strategy", choices=("linear", "partial", "full", "adapters"), help="which layers train")
+    p.add_argument("--adapt", choices=("none", "adabn", "dann"), help="domain adaptation to --target-data")
+    p.add_argument("--target-data", type=Path, help="unlabelled scans from the site to adapt to")
+    p.add_argument("--augment", choices=PRESET_CHOICES, help="augmentation preset (default: standard)")
+    p.add_argument("--epochs", type=_epochs, help="auto or a number (default: auto, chosen from the data size)")
+    p.add_argument("--image-size", type=positive, help="network input side in pixels")
+    p.add_argument("--batch-size", type=positive, help="images per batch (per process under torchrun)")
+    p.add_argument("--seed", type=count, help="random seed (default: 0)")
+    p.add_argument("--device", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last completed epoch")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on a phantom cohort",
                        description="Generate a phantom cohort, inspect it, split it by patient and preview "

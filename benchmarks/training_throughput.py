@@ -1,0 +1,197 @@
+"""Training throughput: the whole input path against the model step alone, and wall time.
+
+Usage:
+  .venv/bin/python benchmarks/training_throughput.py [--images 320] [--image-size 224] [--batch-size 32]
+  .venv/bin/python benchmarks/training_throughput.py --wall-time [--scale 5]   # medxfer train on the NIH set
+  .venv/bin/python benchmarks/training_throughput.py --gpu                      # CUDA: AMP on and off
+
+Ratios (default): the engine itself (``Trainer.prepare``, ``build_loop``, ``run_epoch``) on the
+first ``--images`` NIH images (a phantom cohort without them), default settings otherwise.
+End-to-end images/s are divided by model-only images/s measured the same way on inputs
+already in memory (same shapes, same threads). Target >= 0.85. Rows:
+
+- ``full fine-tuning, augmented on the fly``: one epoch fed by the DataLoader (augmentation
+  with the standard preset every step), against the same epoch's steps on its first batch;
+- ``default (partial), filling the prefix cache``: augmenting the decoded images and running
+  the frozen prefix on them, against the prefix alone on the same inputs augmented beforehand;
+- ``default (partial), epoch from the cache``: one epoch of batches gathered from the cache,
+  against the same steps on its first batch.
+
+``--wall-time`` runs ``medxfer train --data ../shared/data/nih-pneumonia-256/manifest.csv``
+with the default settings in a subprocess and prints its wall time and AUROCs; ``--scale K``
+first writes a manifest listing every NIH image K times (patients renamed per copy) to time a
+K x 1000-image set. The copies make that set's AUROC meaningless; only its time counts.
+
+``--gpu`` times full fine-tuning steps on CUDA in float32 and with bfloat16 autocast, both
+channels-last, and prints the speed-up (skipped without a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from medxfer.pipeline.config import load_config
+from medxfer.pipeline.finetune import apply_strategy, parameter_groups
+from medxfer.pipeline.model import build_classifier
+from medxfer.pipeline.prefix import split_backbone
+from medxfer.pipeline.training import Trainer
+
+NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-pneumonia-256"
+TARGET = 0.85
+
+
+def nih_subset(count: int, folder: Path) -> Path:
+    """A manifest of the first ``count`` NIH images (absolute paths), or of a phantom cohort."""
+    if not (NIH / "manifest.csv").is_file():
+        from medxfer.datasets import phantom
+
+        return phantom.generate_cohort(folder / "cohort", n_patients=max(20, count // 2), seed=0, n_volumes=0).manifest
+    with open(NIH / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:count]
+    manifest = folder / "subset.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "path": str(NIH / row["path"])} for row in rows)
+    return manifest
+
+
+def first_batches(loop, steps: int):
+    """The epoch's first batch, ``steps`` times: the same shapes with no loading at all."""
+    batch = next(iter(loop.batches(0)))
+    return itertools.repeat(batch, steps)
+
+
+def ratios(args: argparse.Namespace) -> None:
+    print(f"{args.images} images of {'NIH' if (NIH / 'manifest.csv').is_file() else 'a phantom cohort'}, "
+          f"{args.image_size} px, batch {args.batch_size}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"the engine's own epoch (Trainer.run_epoch) and prefix cache")
+    print(f"{'what':<44} {'end-to-end img/s':>17} {'model-only img/s':>17} {'ratio':>6}  target {TARGET}")
+
+    def report(name: str, end_to_end: float, alone: float) -> None:
+        verdict = "PASS" if end_to_end / alone >= TARGET else "FAIL"
+        print(f"{name:<44} {end_to_end:>17.1f} {alone:>17.1f} {end_to_end / alone:>6.2f}  {verdict}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = nih_subset(args.images, Path(tmp))
+        for name, settings in (("full fine-tuning, augmented on the fly", {"strategy": "full"}),
+                               ("default (partial), epoch from the cache", {})):
+            config = load_config(None, {"data": str(manifest), "out": str(Path(tmp) / name.split()[0]), "epochs": 1,
+                                        "image_size": args.image_size, "batch_size": args.batch_size, **settings})
+            trainer = Trainer(config.validate(need_data=True), log=lambda _: None)
+            data = trainer.prepare()
+            if data.frozen:
+                # Filling the cache: decoded images augmented and run through the frozen prefix,
+                # against the prefix alone on the same inputs already augmented in memory.
+                prefix = split_backbone(data.model, data.frozen)[0]
+                images = data.split_images("train")
+                start = time.perf_counter()
+                trainer._prefix_outputs(prefix, images, data.augment, 0)
+                filled = len(images) / (time.perf_counter() - start)
+                inputs = [data.augment(image, seed=i) for i, image in enumerate(images)]
+                size = trainer._forward_batch
+                start = time.perf_counter()
+                with torch.no_grad():
+                    for first in range(0, len(inputs), size):
+                        prefix(trainer._to_device(torch.stack(inputs[first : first + size])))
+                report("default (partial), filling the prefix cache", filled,
+                       len(inputs) / (time.perf_counter() - start))
+            loop = trainer.build_loop(data)
+            steps = loop.schedule.steps
+            end_to_end = trainer.run_epoch(0, loop.batches(0), data.model, loop)["images_per_second"]
+            alone = trainer.run_epoch(0, first_batches(loop, steps), data.model, loop)["images_per_second"]
+            report(name, end_to_end, alone)
+
+
+def wall_time(args: argparse.Namespace) -> None:
+    if not (NIH / "manifest.csv").is_file():
+        sys.exit(f"{NIH} is not here: --wall-time needs the shared NIH set")
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = NIH / "manifest.csv"
+        if args.scale > 1:
+            manifest = Path(tmp) / "manifest.csv"
+            with open(NIH / "manifest.csv", newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            with open(manifest, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                for copy in range(args.scale):
+                    for row in rows:
+                        writer.writerow({**row, "path": str(NIH / row["path"]),
+                                         "patient_id": f"{row['patient_id']}-{copy}"})
+        run = Path(tmp) / "run"
+        command = [sys.executable, "-m", "medxfer", "train", "--data", str(manifest), "--out", str(run)]
+        print("$ medxfer train --data", "NIH manifest" + (f" x{args.scale}" if args.scale > 1 else ""),
+              "--out RUN (default settings)")
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        seconds = time.perf_counter() - start
+        metrics = json.loads((run / "metrics.json").read_text())
+        images = 1000 * args.scale
+        print(f"{images} images: {seconds / 60:.1f} min wall time on {os.cpu_count()} CPUs; best epoch "
+              f"{metrics['best_epoch']} of {metrics['epochs_run']}; val AUROC {metrics['val']['auroc']:.3f}, "
+              f"test AUROC {metrics['test']['auroc']:.3f}")
+
+
+def gpu(args: argparse.Namespace) -> None:
+    if not torch.cuda.is_available():
+        print("no CUDA GPU: GPU figures skipped")
+        return
+    device = torch.device("cuda")
+    print(f"GPU: {torch.cuda.get_device_name(0)}, full fine-tuning of efficientnet_lite0, batch 64, "
+          f"{args.image_size} px, channels-last")
+    x = torch.randn(64, 3, args.image_size, args.image_size, device=device).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (64,), device=device)
+    results = {}
+    for amp in (False, True):
+        model = apply_strategy(build_classifier("efficientnet_lite0", 2), "full").to(device).train()
+        model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(parameter_groups(model, lr=1e-4))
+        for index in range(args.steps + 5):
+            if index == 5:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        torch.cuda.synchronize()
+        results[amp] = 64 * args.steps / (time.perf_counter() - start)
+        print(f"  {'bfloat16 autocast' if amp else 'float32':<18} {results[amp]:8.0f} img/s")
+    print(f"  mixed precision speed-up: {results[True] / results[False]:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12, help="GPU steps to time")
+    parser.add_argument("--images", type=int, default=320, help="images for the ratios (NIH subset)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--wall-time", action="store_true")
+    parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--gpu", action="store_true")
+    args = parser.parse_args()
+    if args.wall_time:
+        wall_time(args)
+    elif args.gpu:
+        gpu(args)
+    else:
+        ratios(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Decoding a dataset once, resized to fit the network input."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medxfer.pipeline.decoding import DecodeSettings, decode_all, decode_scan
+from medxfer.transforms.pipeline import XrayPipeline
+from medxfer.transforms.preparation import InputSpec
+
+
+def test_kept_copy_gives_the_same_network_input_as_the_scan(cohort):
+    spec = InputSpec(image_size=64)
+    path = min((cohort.root / "images").rglob("*.dcm"))
+    kept = decode_scan(path, DecodeSettings(spec))
+    assert max(kept.shape[1:]) == 64
+    from medxfer.datasets.reader import read_scan
+
+    direct = XrayPipeline(spec, "standard")(read_scan(path).pixels, seed=5)
+    assert torch.equal(XrayPipeline(spec, "standard")(kept, seed=5), direct)
+
+
+def test_bad_files_are_listed_with_their_reason_and_the_rest_decoded(tmp_path, cohort):
+    good = sorted((cohort.root / "images").rglob("*.dcm"))[:3]
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good[0].read_bytes()[:400])
+    png = tmp_path / "ok.png"
+    Image.fromarray((np.arange(64 * 48).reshape(48, 64) % 256).astype(np.uint8)).save(png)
+    paths = [good[0], truncated, png, good[1]]
+    for workers in (0, 2):
+        images, failed = decode_all(paths, DecodeSettings(InputSpec(image_size=32)), workers=workers)
+        assert [image is None for image in images] == [False, True, False, False]
+        assert [f.path for f in failed] == [truncated] and failed[0].reason
+        assert images[2].shape == (1, 24, 32)
