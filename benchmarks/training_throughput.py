@@ -1,12 +1,12 @@
 """Training throughput: the whole input path against the model step alone, and wall time.
 
 Usage:
-  .venv/bin/python benchmarks/training_throughput.py [--images 320] [--image-size 224] [--batch-size 32]
+  .venv/bin/python benchmarks/training_throughput.py [--images 480] [--image-size 224] [--batch-size 32]
   .venv/bin/python benchmarks/training_throughput.py --wall-time [--scale 5]   # medxfer train on the NIH set
   .venv/bin/python benchmarks/training_throughput.py --gpu                      # CUDA: AMP on and off
 
 Ratios (default): the engine itself (``Trainer.prepare``, ``build_loop``, ``run_epoch``) on the
-first ``--images`` NIH images (a phantom cohort without them), default settings otherwise.
+``--images`` NIH images spread through the set (a phantom cohort without it), default settings otherwise.
 End-to-end images/s are divided by model-only images/s measured the same way on inputs
 already in memory (same shapes, same threads). Target >= 0.85. Rows:
 
@@ -19,8 +19,9 @@ already in memory (same shapes, same threads). Target >= 0.85. Rows:
 
 ``--wall-time`` runs ``medxfer train --data ../shared/data/nih-pneumonia-256/manifest.csv``
 with the default settings in a subprocess and prints its wall time and AUROCs; ``--scale K``
-first writes a manifest listing every NIH image K times (patients renamed per copy) to time a
-K x 1000-image set. The copies make that set's AUROC meaningless; only its time counts.
+first copies every NIH image K times (patients renamed per copy) to time a
+K x 1000-image set (the copies make that set's AUROC meaningless; only its time counts);
+``--subset N`` trains on N images taken evenly through the manifest (e.g. 200, a small study).
 
 ``--gpu`` times full fine-tuning steps on CUDA in float32 and with bfloat16 autocast, both
 channels-last, and prints the speed-up (skipped without a GPU).
@@ -33,6 +34,7 @@ import csv
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,13 +55,15 @@ TARGET = 0.85
 
 
 def nih_subset(count: int, folder: Path) -> Path:
-    """A manifest of the first ``count`` NIH images (absolute paths), or of a phantom cohort."""
+    """A manifest of ``count`` NIH images taken evenly through the manifest (absolute paths),
+    or of a phantom cohort."""
     if not (NIH / "manifest.csv").is_file():
         from medxfer.datasets import phantom
 
         return phantom.generate_cohort(folder / "cohort", n_patients=max(20, count // 2), seed=0, n_volumes=0).manifest
     with open(NIH / "manifest.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))[:count]
+        rows = list(csv.DictReader(handle))
+    rows = rows[:: max(1, len(rows) // count)][:count]  # spread over the file, which is sorted by label
     manifest = folder / "subset.csv"
     with open(manifest, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -97,6 +101,7 @@ def ratios(args: argparse.Namespace) -> None:
                 # against the prefix alone on the same inputs already augmented in memory.
                 prefix = split_backbone(data.model, data.frozen)[0]
                 images = data.split_images("train")
+                trainer._prefix_outputs(prefix, images[:16], data.augment, 0)  # warm-up: oneDNN kernels, caches
                 start = time.perf_counter()
                 trainer._prefix_outputs(prefix, images, data.augment, 0)
                 filled = len(images) / (time.perf_counter() - start)
@@ -110,6 +115,7 @@ def ratios(args: argparse.Namespace) -> None:
                        len(inputs) / (time.perf_counter() - start))
             loop = trainer.build_loop(data)
             steps = loop.schedule.steps
+            trainer.run_epoch(0, first_batches(loop, 2), data.model, loop)  # warm-up, as above
             end_to_end = trainer.run_epoch(0, loop.batches(0), data.model, loop)["images_per_second"]
             alone = trainer.run_epoch(0, first_batches(loop, steps), data.model, loop)["images_per_second"]
             report(name, end_to_end, alone)
@@ -120,7 +126,10 @@ def wall_time(args: argparse.Namespace) -> None:
         sys.exit(f"{NIH} is not here: --wall-time needs the shared NIH set")
     with tempfile.TemporaryDirectory() as tmp:
         manifest = NIH / "manifest.csv"
-        if args.scale > 1:
+        images = 1000 * args.scale
+        if args.subset:
+            manifest, images = nih_subset(args.subset, Path(tmp)), args.subset
+        elif args.scale > 1:
             manifest = Path(tmp) / "manifest.csv"
             with open(NIH / "manifest.csv", newline="") as handle:
                 rows = list(csv.DictReader(handle))
@@ -129,17 +138,20 @@ def wall_time(args: argparse.Namespace) -> None:
                 writer.writeheader()
                 for copy in range(args.scale):
                     for row in rows:
-                        writer.writerow({**row, "path": str(NIH / row["path"]),
-                                         "patient_id": f"{row['patient_id']}-{copy}"})
+                        # A copy of the file: a manifest that lists one file twice is refused.
+                        path = Path(tmp) / f"copy{copy}" / row["path"]
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(NIH / row["path"], path)
+                        writer.writerow({**row, "path": str(path), "patient_id": f"{row['patient_id']}-{copy}"})
         run = Path(tmp) / "run"
         command = [sys.executable, "-m", "medxfer", "train", "--data", str(manifest), "--out", str(run)]
-        print("$ medxfer train --data", "NIH manifest" + (f" x{args.scale}" if args.scale > 1 else ""),
-              "--out RUN (default settings)")
+        described = f"{args.subset} images spread through the NIH manifest" if args.subset else "NIH manifest" + (
+            f" x{args.scale}" if args.scale > 1 else "")
+        print(f"$ medxfer train --data ({described}) --out RUN   (default settings)", flush=True)
         start = time.perf_counter()
         subprocess.run(command, check=True)
         seconds = time.perf_counter() - start
         metrics = json.loads((run / "metrics.json").read_text())
-        images = 1000 * args.scale
         print(f"{images} images: {seconds / 60:.1f} min wall time on {os.cpu_count()} CPUs; best epoch "
               f"{metrics['best_epoch']} of {metrics['epochs_run']}; val AUROC {metrics['val']['auroc']:.3f}, "
               f"test AUROC {metrics['test']['auroc']:.3f}")
@@ -178,11 +190,12 @@ def gpu(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12, help="GPU steps to time")
-    parser.add_argument("--images", type=int, default=320, help="images for the ratios (NIH subset)")
+    parser.add_argument("--images", type=int, default=480, help="images for the ratios (an NIH subset)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--wall-time", action="store_true")
-    parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--scale", type=int, default=1, help="--wall-time: list every NIH image this many times")
+    parser.add_argument("--subset", type=int, default=0, help="--wall-time: only N NIH images")
     parser.add_argument("--gpu", action="store_true")
     args = parser.parse_args()
     if args.wall_time:

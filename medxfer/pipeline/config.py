@@ -114,12 +114,6 @@ class TrainConfig:
         )
         return TrainConfig(**values)
 
-    def require_data(self) -> str:
-        """``data``, or a ``ConfigError`` saying how to give it."""
-        if self.data is None:
-            raise ConfigError(_NO_DATA)
-        return self.data
-
     def to_dict(self) -> dict[str, Any]:
         """Plain values (YAML/JSON serialisable), keys in ``CONFIG_KEYS`` order."""
         return {key: copy.deepcopy(getattr(self, key)) for key in CONFIG_KEYS}

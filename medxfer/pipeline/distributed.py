@@ -82,14 +82,6 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
-    def all_agree(self, flag: bool) -> bool:
-        """True on every process when ``flag`` is true on every process."""
-        if not self.enabled:
-            return flag
-        value = torch.tensor([1 if flag else 0], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-        return bool(value.item())
-
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

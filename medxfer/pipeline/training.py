@@ -9,8 +9,8 @@ One loop serves every strategy. The network is seen as ``prefix -> suffix -> hea
   images, and the loop trains the suffix and head from those stored activations: epoch e reads
   view e mod ``cache_views``. This is what makes CPU training fast; the trained network is the
   same network, saved whole.
-- without a prefix (or with ``cache: off``) images are augmented on the fly in DataLoader
-  workers every epoch.
+- without a prefix (or with ``cache: off``) images are augmented on the fly every epoch (in
+  DataLoader workers when there are cores to spare, see ``resolve_workers``).
 
 The optimiser is AdamW over ``parameter_groups`` (layer-wise learning-rate decay, no decay on
 biases and norms) with a linear warm-up and a cosine decay, stepped per batch. Class imbalance
@@ -25,9 +25,10 @@ exactly where an uninterrupted run would, on the same machine.
 Distributed (``torchrun``): with N processes of batch size B the loop follows the schedule of
 one process with batch size N x B: the same epoch order and global batches, process r taking
 the r-th slice of each, the loss of each slice divided by B so that DistributedDataParallel's
-gradient average is the global batch's mean. Differences left: BatchNorm layers that train use
-the statistics of their process's slice, not of the global batch, and sums are taken in another
-order. The prefix cache is computed by all processes (each a share) and gathered.
+gradient average is the global batch's mean, DANN's target batch drawn once and sliced alike.
+Differences left: BatchNorm layers that train use the statistics of their process's slice, not
+of the global batch; dropout masks are drawn per process; sums are taken in another order. The
+prefix cache is computed by all processes (each a share) and gathered.
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ _ORDER, _DROPOUT, _TARGET = 11, 12, 13  # purposes of derived seeds (loading.py 
 _EVAL_BATCH = 64
 CACHE_BUDGET = 4 * 2**30  # bytes of cached prefix outputs that "auto" views stay under
 # Images per forward pass of the frozen prefix. On CPU small channels-last batches stay in the
-# caches: measured on 2 cores at 224 pixels, EfficientNet-Lite0's prefix runs at ~85 images/s in
-# batches of 8 against ~20 in batches of 64 (benchmarks/training_throughput.py).
+# caches: measured on the 2-core development machine at 224 pixels, EfficientNet-Lite0's
+# prefix ran at ~85 images/s in channels-last batches of 8, ~40 in batches of 32 and ~20 in
+# contiguous batches of 64.
 _CPU_PREFIX_BATCH = 8
 
 
@@ -113,8 +115,8 @@ class TrainResult:
 def auto_epochs(n_train: int) -> int:
     """Epochs when the configuration says ``auto``: about 6,000 image passes, at least 6 and
     at most 30 epochs (30 for 200 training images, 9 for 700, 6 from 1,000 on). On the NIH set
-    (700 training images) the validation AUROC peaked at epoch 2 and early stopping ended every
-    run by epoch 7; small sets need more passes for the same number of optimiser steps."""
+    (715 training images) the default settings peaked at epoch 2 and early stopping ended the
+    runs at epoch 7; small sets need more passes for the same number of optimiser steps."""
     return int(min(30, max(6, math.ceil(6000 / max(n_train, 1)))))
 
 
@@ -247,6 +249,23 @@ class _Schedule:
                 for j in range(self.steps)]
 
 
+def _one_thread(batches: Iterator) -> Iterator:
+    """``batches`` produced on one thread. Augmenting in the training process (no loader
+    workers, as on 2 cores) is faster on one thread than on the network's two: the standard
+    preset ran at 142 against 114 images/s at 224 px, its many small operations gaining nothing
+    from a second thread but its synchronisation."""
+    threads = torch.get_num_threads()
+    while True:
+        torch.set_num_threads(1)
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        finally:
+            torch.set_num_threads(threads)
+        yield batch
+
+
 @dataclass
 class _Loop:
     """The training loop's parts (see ``Trainer.build_loop``)."""
@@ -267,7 +286,7 @@ class _Loop:
             view = self.train.views[epoch % len(self.train.views)]
             return ((view[b], self.train.labels[b]) for b in self.schedule.batches(epoch))
         self.loader.batch_sampler.epoch = epoch
-        return iter(self.loader)
+        return iter(self.loader) if self.loader.num_workers else _one_thread(iter(self.loader))
 
 
 class _KeyBatches(torch.utils.data.Sampler):
@@ -404,7 +423,8 @@ class Trainer:
         loader = DataLoader(dataset, batch_size=self._forward_batch, sampler=[(view, i) for i in shard],
                             num_workers=self.workers if pipeline.augments else 0)
         prefix.eval()
-        outputs = [prefix(self._to_device(x)).float().cpu() for x in loader]
+        batches = loader if loader.num_workers else _one_thread(iter(loader))
+        outputs = [prefix(self._to_device(x)).float().cpu() for x in batches]
         local = torch.cat(outputs) if outputs else torch.empty(0)
         if not outputs:  # a process with no share still needs the shape to gather
             probe = prefix(self._to_device(dataset[(view, 0)][None])).float().cpu()
@@ -524,6 +544,9 @@ class Trainer:
         labelled = load_labelled(config.data, layout=config.layout, skip_unreadable=config.skip_unreadable)
         classes = list(labelled.classes)
         model = self._build_model(len(classes))
+        if config.adapt == "adabn" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ValueError(f"adapt 'adabn' re-estimates BatchNorm statistics, and {config.backbone} has no BatchNorm "
+                             "layer; use another backbone or adapt 'dann'")
         spec = model.input_spec(config.image_size, config.fit)
         settings = DecodeSettings(spec, config.window, config.volume_strategy)
         scans, images = self._load_data(labelled, settings)

@@ -243,11 +243,9 @@ def test_messages_name_the_file_or_the_command_line_as_the_source(tmp_path):
 def test_data_is_required_only_when_asked(tmp_path):
     config = load_config(None)
     assert config.data is None
-    with pytest.raises(ConfigError, match="no dataset given"):
-        config.require_data()
     with pytest.raises(ConfigError, match="no dataset given.*--data PATH"):
         load_config(None, need_data=True)
-    assert load_config(None, {"data": "x"}, need_data=True).require_data() == "x"
+    assert load_config(None, {"data": "x"}, need_data=True).data == "x"
 
 
 def test_check_paths_names_the_missing_path(tmp_path):
