@@ -339,7 +339,13 @@ def dann_losses(
         task = F.binary_cross_entropy_with_logits(logits, source_y.to(logits.dtype))
     else:
         task = F.cross_entropy(logits, source_y)
-    domain_logits = domain_classifier(GradientReversalLayer(weight)(features))
-    domains = torch.cat([torch.zeros(len(source_x)), torch.ones(len(target_x))]).to(domain_logits)
-    domain = F.binary_cross_entropy_with_logits(domain_logits, domains)
+    domain = domain_loss(domain_classifier(GradientReversalLayer(weight)(features)), len(source_x))
     return {"total": task + domain, "task": task, "domain": domain}
+
+
+def domain_loss(domain_logits: torch.Tensor, n_source: int) -> torch.Tensor:
+    """Binary cross-entropy of a domain classifier's logits (B,) whose first ``n_source``
+    images come from the source site (label 0) and the rest from the target site (label 1)."""
+    domains = torch.ones_like(domain_logits)
+    domains[:n_source] = 0.0
+    return F.binary_cross_entropy_with_logits(domain_logits, domains)

@@ -64,6 +64,7 @@ from medxfer.pipeline.adaptation import (
     adapt_batchnorm,
     add_adapters,
     dann_weight,
+    domain_loss,
 )
 from medxfer.pipeline.checkpoint import (
     CHECKPOINT_FILE,
@@ -719,9 +720,7 @@ class Trainer:
         per_image = F.cross_entropy(logits, y, reduction="none", label_smoothing=config.label_smoothing)
         loss = (per_image * class_weights.to(self.device)[y]).sum() / per_rank
         if domain_logits is not None:
-            domain_logits = domain_logits.float()
-            domains = torch.cat([torch.zeros(n_source), torch.ones(len(x) - n_source)]).to(domain_logits)
-            loss = loss + F.binary_cross_entropy_with_logits(domain_logits, domains)
+            loss = loss + domain_loss(domain_logits.float(), n_source)
         return loss, logits
 
     def _target_batch(self, target: Any, epoch: int, step: int, size: int) -> torch.Tensor:
@@ -748,11 +747,11 @@ class Trainer:
     def _adabn_batches(self, images: Sequence[torch.Tensor], pipeline: XrayPipeline) -> Iterator[torch.Tensor]:
         """Plain images in shuffled batches of 64 (seeded), as ``adapt_batchnorm`` asks for."""
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.config.seed)).tolist()
-        for start in range(0, len(images), _EVAL_BATCH):
-            yield torch.stack([pipeline(images[i]) for i in order[start : start + _EVAL_BATCH]])
+        return self._plain_batches([images[i] for i in order], pipeline, size=_EVAL_BATCH)
 
-    def _plain_batches(self, images: Sequence[torch.Tensor], pipeline: XrayPipeline) -> Iterator[torch.Tensor]:
-        size = self._forward_batch
+    def _plain_batches(self, images: Sequence[torch.Tensor], pipeline: XrayPipeline,
+                       size: int | None = None) -> Iterator[torch.Tensor]:
+        size = size or self._forward_batch
         for start in range(0, len(images), size):
             yield torch.stack([pipeline(image) for image in images[start : start + size]])
 

@@ -182,15 +182,19 @@ def git(folder: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
-@pytest.fixture
-def repo(tmp_path):
-    folder = tmp_path / "repo"
+def make_repo(folder: Path, name: str, text: str) -> Path:
+    """A git repository at ``folder`` with one commit of one file."""
     folder.mkdir()
     git(folder, "init", "-q")
-    (folder / "code.py").write_text("x = 1\n")
-    git(folder, "add", "code.py")
+    (folder / name).write_text(text)
+    git(folder, "add", name)
     git(folder, "commit", "-q", "-m", "first")
     return folder
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return make_repo(tmp_path / "repo", "code.py", "x = 1\n")
 
 
 @needs_git
@@ -262,12 +266,7 @@ def test_git_commit_is_none_when_git_hangs(repo, monkeypatch):
 def test_git_commit_ignores_git_variables_that_point_elsewhere(
     repo, tmp_path, monkeypatch
 ):
-    other = tmp_path / "other"
-    other.mkdir()
-    git(other, "init", "-q")
-    (other / "b.py").write_text("")
-    git(other, "add", "b.py")
-    git(other, "commit", "-q", "-m", "other")
+    other = make_repo(tmp_path / "other", "b.py", "")
     sha = git(repo, "rev-parse", "HEAD")
     monkeypatch.setenv("GIT_DIR", str(other / ".git"))
     monkeypatch.setenv("GIT_WORK_TREE", str(other))
