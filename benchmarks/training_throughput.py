@@ -1,7 +1,7 @@
 """Training throughput: the whole input path against the model step alone, and wall time.
 
 Usage:
-  .venv/bin/python benchmarks/training_throughput.py [--images 480] [--image-size 224] [--batch-size 32]
+  .venv/bin/python benchmarks/training_throughput.py [--images 480] [--workers auto] [--image-size 224] [--batch-size 32]
   .venv/bin/python benchmarks/training_throughput.py --wall-time [--scale 5]   # medxfer train on the NIH set
   .venv/bin/python benchmarks/training_throughput.py --gpu                      # CUDA: AMP on and off
 
@@ -80,7 +80,8 @@ def first_batches(loop, steps: int):
 
 def ratios(args: argparse.Namespace) -> None:
     print(f"{args.images} images of {'NIH' if (NIH / 'manifest.csv').is_file() else 'a phantom cohort'}, "
-          f"{args.image_size} px, batch {args.batch_size}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"{args.image_size} px, batch {args.batch_size}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"workers {args.workers}; "
           f"the engine's own epoch (Trainer.run_epoch) and prefix cache")
     print(f"{'what':<44} {'end-to-end img/s':>17} {'model-only img/s':>17} {'ratio':>6}  target {TARGET}")
 
@@ -93,7 +94,8 @@ def ratios(args: argparse.Namespace) -> None:
         for name, settings in (("full fine-tuning, augmented on the fly", {"strategy": "full"}),
                                ("default (partial), epoch from the cache", {})):
             config = load_config(None, {"data": str(manifest), "out": str(Path(tmp) / name.split()[0]), "epochs": 1,
-                                        "image_size": args.image_size, "batch_size": args.batch_size, **settings})
+                                        "image_size": args.image_size, "batch_size": args.batch_size,
+                                        "workers": args.workers, **settings})
             trainer = Trainer(config.validate(need_data=True), log=lambda _: None)
             data = trainer.prepare()
             if data.frozen:
@@ -191,6 +193,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12, help="GPU steps to time")
     parser.add_argument("--images", type=int, default=480, help="images for the ratios (an NIH subset)")
+    parser.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
+                        help="DataLoader workers for the ratios (default: auto)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--wall-time", action="store_true")
