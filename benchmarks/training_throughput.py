@@ -61,15 +61,22 @@ def nih_subset(count: int, folder: Path) -> Path:
         from medxfer.datasets import phantom
 
         return phantom.generate_cohort(folder / "cohort", n_patients=max(20, count // 2), seed=0, n_volumes=0).manifest
-    with open(NIH / "manifest.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = nih_rows()
     rows = rows[:: max(1, len(rows) // count)][:count]  # spread over the file, which is sorted by label
-    manifest = folder / "subset.csv"
-    with open(manifest, "w", newline="") as handle:
+    return write_manifest(folder / "subset.csv", [{**row, "path": str(NIH / row["path"])} for row in rows])
+
+
+def nih_rows() -> list[dict[str, str]]:
+    with open(NIH / "manifest.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows({**row, "path": str(NIH / row["path"])} for row in rows)
-    return manifest
+        writer.writerows(rows)
+    return path
 
 
 def first_batches(loop, steps: int):
@@ -132,19 +139,15 @@ def wall_time(args: argparse.Namespace) -> None:
         if args.subset:
             manifest, images = nih_subset(args.subset, Path(tmp)), args.subset
         elif args.scale > 1:
-            manifest = Path(tmp) / "manifest.csv"
-            with open(NIH / "manifest.csv", newline="") as handle:
-                rows = list(csv.DictReader(handle))
-            with open(manifest, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                for copy in range(args.scale):
-                    for row in rows:
-                        # A copy of the file: a manifest that lists one file twice is refused.
-                        path = Path(tmp) / f"copy{copy}" / row["path"]
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(NIH / row["path"], path)
-                        writer.writerow({**row, "path": str(path), "patient_id": f"{row['patient_id']}-{copy}"})
+            copies = []
+            for copy in range(args.scale):
+                for row in nih_rows():
+                    # A copy of the file: a manifest that lists one file twice is refused.
+                    path = Path(tmp) / f"copy{copy}" / row["path"]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(NIH / row["path"], path)
+                    copies.append({**row, "path": str(path), "patient_id": f"{row['patient_id']}-{copy}"})
+            manifest = write_manifest(Path(tmp) / "manifest.csv", copies)
         run = Path(tmp) / "run"
         command = [sys.executable, "-m", "medxfer", "train", "--data", str(manifest), "--out", str(run)]
         described = f"{args.subset} images spread through the NIH manifest" if args.subset else "NIH manifest" + (

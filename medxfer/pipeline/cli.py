@@ -15,7 +15,6 @@ from typing import Any
 from medxfer import __version__
 from medxfer.datasets import phantom
 from medxfer.datasets.inventory import inspect_path
-from medxfer.datasets.reader import read_scan
 from medxfer.datasets.scan import MedxferWarning
 from medxfer.datasets.sources import (
     LAYOUTS,
@@ -33,7 +32,7 @@ from medxfer.datasets.splits import (
     split_counts,
     write_splits_csv,
 )
-from medxfer.datasets.volume import VOLUME_STRATEGIES, volume_to_2d
+from medxfer.datasets.volume import VOLUME_STRATEGIES
 
 DESCRIPTION = """\
 medxfer turns a small set of labelled scans (DICOM, NIfTI, PNG/JPEG/TIFF) into a classifier you
@@ -195,13 +194,14 @@ def write_augment_preview(
 ) -> Path:
     """Render the augmentation preview grid of one scan to ``out`` (PNG); returns the path."""
     # Imported here: MONAI takes seconds to import and the other commands do not need it.
+    from medxfer.pipeline.decoding import DecodeSettings, decode_scan
     from medxfer.transforms import InputSpec, XrayPipeline, augmentation, preview_grid, write_preview
 
     params = augmentation(preset, overrides)
-    scan = read_scan(path, window=window)
-    pixels = volume_to_2d(scan.pixels, volume_strategy) if scan.is_volume else scan.pixels
-    pipeline = XrayPipeline(InputSpec(image_size=image_size, fit=fit), params)
-    return write_preview(preview_grid(pixels, pipeline, draws=draws, seed=seed), out)
+    spec = InputSpec(image_size=image_size, fit=fit)
+    # Decoded as training decodes it: resized to fit, which the pipeline then leaves as it is.
+    pixels = decode_scan(path, DecodeSettings(spec, window, volume_strategy))
+    return write_preview(preview_grid(pixels, XrayPipeline(spec, params), draws=draws, seed=seed), out)
 
 
 def cmd_augment_preview(args: argparse.Namespace) -> int:
