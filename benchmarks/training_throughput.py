@@ -110,16 +110,20 @@ def ratios(args: argparse.Namespace) -> None:
                 # against the prefix alone on the same inputs already augmented in memory.
                 prefix = split_backbone(data.model, data.frozen)[0]
                 images = data.split_images("train")
-                trainer._prefix_outputs(prefix, images[:16], data.augment, 0)  # warm-up: oneDNN kernels, caches
+                # Warm-up (oneDNN kernels, caches) on every batch shape the timed pass will see, a full
+                # batch and the last partial one: on CUDA the first call of each new shape costs seconds.
+                size = trainer._forward_batch
+                trainer._prefix_outputs(prefix, images[: max(16, size + len(images) % size)], data.augment, 0)
                 start = time.perf_counter()
                 trainer._prefix_outputs(prefix, images, data.augment, 0)
                 filled = len(images) / (time.perf_counter() - start)
                 inputs = [data.augment(image, seed=i) for i, image in enumerate(images)]
-                size = trainer._forward_batch
                 start = time.perf_counter()
                 with torch.no_grad():
                     for first in range(0, len(inputs), size):
                         prefix(trainer._to_device(torch.stack(inputs[first : first + size])))
+                if trainer.device.type == "cuda":
+                    torch.cuda.synchronize()  # kernels run asynchronously: count them all
                 report("default (partial), filling the prefix cache", filled,
                        len(inputs) / (time.perf_counter() - start))
             loop = trainer.build_loop(data)

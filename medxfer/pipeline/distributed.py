@@ -41,11 +41,21 @@ class Distributed:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":
+            gpus = torch.cuda.device_count()
+            if local_rank >= gpus:
+                raise ValueError(f"process {local_rank} of this machine needs GPU {local_rank}, and torch sees {gpus}; "
+                                 f"start at most {gpus} process(es) per machine (torchrun --nproc_per_node={gpus}) "
+                                 "or train on the CPU (--device cpu)")
+            # The GPU is chosen before the group is formed, and named to NCCL, so that no
+            # collective guesses its device from the global rank.
             torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+            else:
+                dist.init_process_group(backend="gloo")
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                    device=f"cuda:{local_rank}" if device.type == "cuda" else "cpu")
 

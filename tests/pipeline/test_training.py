@@ -375,3 +375,11 @@ def test_readme_lists_every_setting():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     missing = [key for key in CONFIG_KEYS if f"`{key}`" not in readme.split("## Training", 1)[1]]
     assert not missing
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"needs GPU 1, and torch sees 1.*--nproc_per_node=1"):
+        Distributed.from_environment(torch.device("cuda"))
