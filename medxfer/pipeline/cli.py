@@ -179,6 +179,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medxfer.pipeline.external import evaluate_run
+
+    evaluate_run(args.run_dir, args.data, args.out, layout=args.layout, bootstrap=args.bootstrap,
+                 subgroups=tuple(args.subgroup) or None, intersections=tuple(args.intersection) or None,
+                 device=args.device, workers=args.workers)
+    return 0
+
+
 def write_augment_preview(
     path: Path,
     out: Path,
@@ -285,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "split by patient, with early stopping on validation AUROC. Settings come from "
                                    "--config FILE (YAML) and the flags below, which override it; every other "
                                    "setting is listed in the README. Writes RUN_DIR/config.yaml, model.safetensors, "
-                                   "model.json, history.csv, splits.csv and environment.json. Several processes "
+                                   "model.json, history.csv, splits.csv, environment.json, calibration.json, "
+                                   "metrics.json, report.html and model_card.md. Several processes "
                                    "or machines: torchrun --nproc_per_node=N -m medxfer train ...")
     p.add_argument("--data", type=Path, help="class folders or CSV manifest (required unless in --config)")
     p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
@@ -304,6 +314,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out from its last completed epoch")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a trained run on another labelled set (external validation)",
+                       description="Score every scan of a labelled folder or manifest with a finished run, using "
+                                   "the calibration and threshold fitted on the run's validation split, unchanged. "
+                                   "Writes metrics.json, report.html, model_card.md, predictions.csv and "
+                                   "environment.json (and unreadable.csv for files that could not be read) into "
+                                   "--out. Bootstrap intervals resample patients when patient ids exist.")
+    p.add_argument("run_dir", type=Path, help="a finished medxfer train run directory")
+    p.add_argument("--data", type=Path, required=True, help="labelled class folders or CSV manifest")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/evaluations/<data set name>)")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="how to read --data (default: auto)")
+    p.add_argument("--bootstrap", type=count, help="bootstrap resamples for the intervals (default: the run's, 1000)")
+    p.add_argument("--subgroup", action="append", default=[], metavar="COLUMN",
+                   help="also report this manifest column as a subgroup attribute (repeatable)")
+    p.add_argument("--intersection", action="append", default=[], metavar="'A x B'",
+                   help="also report the intersection of two attributes, e.g. 'sex x age_band' (repeatable)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--workers", type=count, default=0, help="decoding processes (default: 0, in this process)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on a phantom cohort",
                        description="Generate a phantom cohort, inspect it, split it by patient and preview "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import math
 import numbers
 import os
@@ -100,6 +101,22 @@ class TrainConfig:
     workers: int | str = "auto"
     amp: bool = True  # mixed precision, CUDA only
     channels_last: bool = True  # channels-last memory layout (faster on CPU and CUDA)
+    # evaluation (medxfer.pipeline.evaluation)
+    calibration: str = "temperature"  # temperature | vector | none, fitted on the validation logits
+    threshold: str = "youden"  # youden | sensitivity: how the operating threshold is chosen on validation
+    target_sensitivity: float = 0.9  # threshold: sensitivity
+    positive_class: str = "auto"  # two classes: the class whose probability is thresholded
+    bootstrap: int = 1000  # resamples for the 95 % intervals (patients when ids exist); 0: none
+    subgroups: tuple[str, ...] = ()  # manifest columns reported besides sex, age band, site, manufacturer, view
+    intersections: tuple[str, ...] = ()  # e.g. ["sex x age_band"]
+    age_bands: tuple[float, ...] = (18.0, 40.0, 65.0)  # band edges in years
+    overfit_gap: float = 0.05  # train minus validation AUROC above which overfitting is flagged
+
+    def __post_init__(self) -> None:
+        # lists (from YAML or to_dict) stored as tuples, so that equal settings compare equal
+        for key in ("subgroups", "intersections", "age_bands"):
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
 
     def validate(
         self, *, need_data: bool = False, check_paths: bool = False
@@ -116,7 +133,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (YAML/JSON serialisable), keys in ``CONFIG_KEYS`` order."""
-        return {key: copy.deepcopy(getattr(self, key)) for key in CONFIG_KEYS}
+        return {key: _plain(copy.deepcopy(getattr(self, key))) for key in CONFIG_KEYS}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (YAML's safe dumper writes lists only)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
@@ -325,6 +347,34 @@ def _strategy_names() -> tuple[str, ...]:
     return STRATEGIES
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    """A list of names (a single name is a list of one)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _Invalid
+    return tuple(v.strip() for v in value)
+
+
+def _intersections(value: Any) -> tuple[str, ...]:
+    from medxfer.pipeline.evaluation import parse_intersection  # scikit-learn and SciPy, not torch
+
+    names = _names(value)
+    try:
+        return tuple(" x ".join(parse_intersection(name)) for name in names)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _age_bands(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Invalid
+    edges = tuple(_number(v) for v in value)
+    if any(b <= a for a, b in itertools.pairwise(edges)) or edges[0] <= 0:
+        raise _Invalid
+    return edges
+
+
 _FRACTION = _float(0.0, 0.5, low_open=True, high_open=True)
 _RULES: dict[str, _Rule] = {
     "data": _Rule("a path", _path),
@@ -377,6 +427,15 @@ _RULES: dict[str, _Rule] = {
     "workers": _auto_or(_int(0)),
     "amp": _bool(),
     "channels_last": _bool(),
+    "calibration": _choice(("temperature", "vector", "none")),
+    "threshold": _choice(("youden", "sensitivity")),
+    "target_sensitivity": _float(0.0, 1.0, low_open=True),
+    "positive_class": _Rule("a class name or auto", lambda v: _names(str(v) if isinstance(v, numbers.Number) else v)[0]),
+    "bootstrap": _int(0),
+    "subgroups": _Rule("a list of manifest column names", _names),
+    "intersections": _Rule('a list of pairs such as "sex x age_band"', _intersections),
+    "age_bands": _Rule("a list of increasing ages in years, the first > 0", _age_bands),
+    "overfit_gap": _float(0.0, 1.0),
 }
 if tuple(_RULES) != CONFIG_KEYS:
     raise RuntimeError("every TrainConfig field needs a rule in _RULES, in field order")

@@ -48,14 +48,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from medxfer.datasets.sources import ScanSet, UnreadableFilesError, load_labelled, load_scans
+from medxfer.datasets.sources import ScanRecord, ScanSet, UnreadableFilesError, load_labelled, load_scans
 from medxfer.datasets.splits import assign_splits, write_splits_csv
 from medxfer.files import atomic_write_text
 from medxfer.pipeline.adaptation import (
@@ -77,16 +76,19 @@ from medxfer.pipeline.config import TrainConfig, diff_configs, load_config, writ
 from medxfer.pipeline.decoding import DecodeSettings, decode_all
 from medxfer.pipeline.distributed import Distributed
 from medxfer.pipeline.environment import ENVIRONMENT_FILE, environment_info, records_manifest_hash, write_environment
+from medxfer.pipeline.evaluation import EvaluationSettings, SplitInputs, evaluate
 from medxfer.pipeline.finetune import apply_strategy, parameter_groups
 from medxfer.pipeline.model import XrayClassifier, build_classifier
+from medxfer.pipeline.outputs import METRICS_FILE, data_name, headline, write_evaluation
 from medxfer.pipeline.prefix import frozen_stage_count, split_backbone
 from medxfer.pipeline.saving import save_model
+from medxfer.pipeline.scoring import macro_auroc, ranking_scores
 from medxfer.transforms.loading import AugmentedDataset, derived_seed
 from medxfer.transforms.pipeline import XrayPipeline
 from medxfer.transforms.preparation import InputSpec
 from medxfer.transforms.presets import augmentation_from_config
 
-CONFIG_FILE, HISTORY_FILE, SPLITS_FILE, METRICS_FILE = "config.yaml", "history.csv", "splits.csv", "metrics.json"
+CONFIG_FILE, HISTORY_FILE, SPLITS_FILE = "config.yaml", "history.csv", "splits.csv"
 _ORDER, _DROPOUT, _TARGET = 11, 12, 13  # purposes of derived seeds (loading.py uses 0-2)
 _EVAL_BATCH = 64
 CACHE_BUDGET = 4 * 2**30  # bytes of cached prefix outputs that "auto" views stay under
@@ -166,15 +168,13 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """AUROC of (n, K) class probabilities: the positive class's for two classes, the macro
-    one-vs-rest mean for more; NaN when ``labels`` hold a single class."""
+def auroc(labels: np.ndarray, logits: np.ndarray) -> float:
+    """AUROC of (n, K) logits: the ranking of class 1's probability for two classes, the macro
+    one-vs-rest mean for more (scored on ``ranking_scores``, which order images as softmax would
+    without its saturation at 1.0); NaN when ``labels`` hold a single class."""
     if len(np.unique(labels)) < 2:
         return float("nan")
-    if probabilities.shape[1] == 2:
-        return float(roc_auc_score(labels, probabilities[:, 1]))
-    return float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro",
-                               labels=np.arange(probabilities.shape[1])))
+    return macro_auroc(labels, ranking_scores(logits))
 
 
 class TrainableNet(nn.Module):
@@ -224,6 +224,7 @@ class _Prepared:
     plain: XrayPipeline
     augment: XrayPipeline
     frozen: int  # stages computed once and cached (len(stages) + 1: the whole backbone); 0: no cache
+    records: list[ScanRecord]  # one per image: patient key and metadata for the subgroup report
 
     def split_images(self, split: str) -> list[torch.Tensor]:
         return [self.images[i] for i in self.by_split[split]]
@@ -480,8 +481,8 @@ class Trainer:
         while state["epoch"] < config.epochs and not self._stopped(state):
             epoch = state["epoch"]
             row = self.run_epoch(epoch, loop.batches(epoch), model, loop)
-            val_loss, val_probabilities = self._evaluate(loop.net, loop.val, model)
-            row.update(val_loss=val_loss, val_auroc=auroc(loop.val.labels.numpy(), val_probabilities))
+            val_loss, val_logits = self._evaluate(loop.net, loop.val, model)
+            row.update(val_loss=val_loss, val_auroc=auroc(loop.val.labels.numpy(), val_logits))
             row = {k: row[k] for k in ("epoch", "train_loss", "train_auroc", "val_loss", "val_auroc")} | row
             state["history"].append(row)
             state["epoch"] = epoch + 1
@@ -581,7 +582,7 @@ class Trainer:
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
         return _Prepared(model, classes, spec, images, labels, by_split, target, plain,
-                         XrayPipeline(spec, augmentation_from_config(config.augment)), frozen)
+                         XrayPipeline(spec, augmentation_from_config(config.augment)), frozen, scans.records)
 
     def _write_setup(self, scans: ScanSet) -> None:
         config = self.config
@@ -671,7 +672,7 @@ class Trainer:
             "epoch": epoch + 1,
             # each process's loss is its slice's share of the global batch's: average over all
             "train_loss": float(self.dist.gather_all(torch.tensor(losses, dtype=torch.float64)).mean()),
-            "train_auroc": auroc(train_labels.numpy(), torch.softmax(train_logits, 1).numpy()),
+            "train_auroc": auroc(train_labels.numpy(), train_logits.numpy()),
             **{f"lr_{g['name'].replace(' ', '_')}": g["lr"] for g in optimizer.param_groups
                if not g["name"].endswith("no_decay")},
             "seconds": seconds,
@@ -679,21 +680,19 @@ class Trainer:
         }
 
     def _finish(self, data: _Prepared, state: dict[str, Any]) -> None:
-        """AdaBN to the target site if asked, the kept network's AUROC on the plain validation
-        and test images (run whole, as at inference), then the model and metrics files."""
+        """The kept network's logits on the plain training, validation and test images (run whole,
+        as at inference), AdaBN to the target site if asked, then the model, the calibration, the
+        metrics, the report and the model card."""
         config, model = self.config, data.model
-        metrics: dict[str, Any] = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"]}
-        for split in ("val", "test"):
+        splits = {}
+        for split in ("train", "val", "test"):
             chosen = data.by_split[split]
-            if chosen:
-                probabilities = self._probabilities(model, data.split_images(split), data.plain)
-                score = auroc(data.labels[chosen].numpy(), probabilities)
-                metrics[split] = {"n": len(chosen), "auroc": None if math.isnan(score) else score}
-        self.log("  ".join(f"{s} AUROC {_shown(metrics[s]['auroc'])} (n={metrics[s]['n']})"
-                           for s in ("val", "test") if s in metrics))
+            records = [data.records[i] for i in chosen]
+            splits[split] = SplitInputs(data.labels[chosen].numpy(), self._logits(model, data.split_images(split),
+                                                                                  data.plain),
+                                        patients=[r.patient_key for r in records], meta=[r.meta for r in records])
         if config.adapt == "adabn":
             # val and test are the training site's patients: scored above with its statistics.
-            metrics["scored_before"] = "AdaBN to the target site"
             seen = adapt_batchnorm(model, self._adabn_batches(data.target, data.plain), device=self.device)
             self.log(f"AdaBN: BatchNorm statistics re-estimated on {seen} target-site scans")
         if self.dist.is_main:
@@ -702,7 +701,19 @@ class Trainer:
                        adaptation=config.adapt,
                        extra={"best_epoch": state["best_epoch"], "seed": config.seed, "window": config.window,
                               "volume_strategy": config.volume_strategy})
-            atomic_write_text(self.run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+            self.log(f"evaluating: calibration on the validation split, {config.bootstrap} bootstrap resamples")
+            evaluation = evaluate(data.classes, splits, EvaluationSettings.from_config(config),
+                                  data_name=data_name(config.data))
+            metrics = evaluation.metrics
+            metrics.update(best_epoch=state["best_epoch"], epochs_run=state["epoch"])
+            metrics["overfitting"].update(best_epoch=state["best_epoch"], epochs_run=state["epoch"])
+            if config.adapt == "adabn":
+                metrics["scored_before"] = "AdaBN to the target site"
+            write_evaluation(self.run_dir, evaluation, evaluator_state=evaluation.evaluator.to_dict(),
+                             history=state["history"], config=config.to_dict(),
+                             environment=json.loads((self.run_dir / ENVIRONMENT_FILE).read_text(encoding="utf-8")))
+            for line in headline(metrics):
+                self.log(line)
             (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
         self.dist.barrier()
         self.log(f"wrote {self.run_dir}")
@@ -737,15 +748,15 @@ class Trainer:
         return torch.stack([target[(epoch, i)] for i in chosen])
 
     @torch.no_grad()
-    def _probabilities(self, model: XrayClassifier, images: Sequence[torch.Tensor], pipeline: XrayPipeline) -> np.ndarray:
-        """(n, K) class probabilities of the whole network on ``images``, each process computing
-        a share."""
+    def _logits(self, model: XrayClassifier, images: Sequence[torch.Tensor], pipeline: XrayPipeline) -> np.ndarray:
+        """(n, K) float32 logits of the whole network on ``images`` (in eval mode, full precision),
+        each process computing a share."""
         model.eval()
         shard = list(self.dist.shard(len(images)))
         chunks = [model(self._to_device(batch)).float().cpu()
                   for batch in self._plain_batches([images[i] for i in shard], pipeline)]
         local = torch.cat(chunks) if chunks else torch.empty(0, model.head[-1].out_features)
-        return torch.softmax(self.dist.gather_rows(local, len(images)), 1).numpy()
+        return self.dist.gather_rows(local, len(images)).numpy()
 
     def _adabn_batches(self, images: Sequence[torch.Tensor], pipeline: XrayPipeline) -> Iterator[torch.Tensor]:
         """Plain images in shuffled batches of 64 (seeded), as ``adapt_batchnorm`` asks for."""
@@ -760,7 +771,7 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, net: TrainableNet, inputs: _Inputs, model: XrayClassifier) -> tuple[float, np.ndarray]:
-        """Mean cross-entropy and (n, K) softmax probabilities on ``inputs``, in eval mode."""
+        """Mean cross-entropy and (n, K) logits on ``inputs``, in eval mode."""
         net.eval()
         shard = list(self.dist.shard(len(inputs)))
         logits = []
@@ -775,7 +786,7 @@ class Trainer:
         local = torch.cat(logits) if logits else torch.empty(0, model.head[-1].out_features)
         all_logits = self.dist.gather_rows(local, len(inputs))
         loss = float(F.cross_entropy(all_logits, inputs.labels))
-        return loss, torch.softmax(all_logits, 1).numpy()
+        return loss, all_logits.numpy()
 
     def _write_history(self, history: list[dict[str, float]]) -> None:
         buffer = io.StringIO()

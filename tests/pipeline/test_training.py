@@ -33,10 +33,11 @@ from medxfer.pipeline.training import (
 
 
 def small(cohort, out: Path, **changes) -> TrainConfig:
-    """A configuration that trains in seconds: 32-pixel inputs, two epochs, no workers."""
+    """A configuration that trains in seconds: 32-pixel inputs, two epochs, no workers, 50
+    bootstrap resamples for the report."""
     settings = {
         "data": str(cohort.manifest), "out": str(out), "image_size": 32, "epochs": 2, "batch_size": 8,
-        "cache_views": 2, "workers": 0, "augment": "light", "patience": 0,
+        "cache_views": 2, "workers": 0, "augment": "light", "patience": 0, "bootstrap": 50,
     }
     settings.update(changes)
     return load_config(None, settings).validate(need_data=True)
@@ -75,7 +76,7 @@ def test_run_directory_holds_every_output(reference):
     run = Path(config.out)
     names = {p.name for p in run.iterdir()}
     assert {"config.yaml", "model.safetensors", "model.json", "history.csv", "splits.csv", "environment.json",
-            "metrics.json"} <= names
+            "metrics.json", "calibration.json", "report.html", "model_card.md"} <= names
     assert CHECKPOINT_FILE not in names  # removed once the model is saved
     history = read_history(run)
     assert [row["epoch"] for row in history] == ["1", "2", "3", "4"]
@@ -318,9 +319,17 @@ def test_dann_trains_with_a_domain_classifier(cohort, tmp_path):
 
 def test_auroc_is_macro_one_vs_rest_for_three_classes():
     labels = np.array([0, 1, 2, 0, 1, 2])
-    probabilities = np.eye(3)[labels] * 0.8 + 0.2 / 3
-    assert auroc(labels, probabilities) == 1.0
+    logits = np.eye(3)[labels] * 3.0
+    assert auroc(labels, logits) == 1.0
     assert np.isnan(auroc(np.array([1, 1]), np.array([[0.2, 0.8], [0.4, 0.6]])))
+
+
+def test_auroc_ranks_logits_beyond_where_softmax_saturates():
+    # float32 softmax rounds all four to P = 1.0 and would tie them (AUROC 0.5)
+    labels = np.array([0, 0, 1, 1])
+    logits = np.array([[0.0, 40.0], [0.0, 50.0], [0.0, 60.0], [0.0, 70.0]], dtype=np.float32)
+    assert torch.softmax(torch.from_numpy(logits), 1)[:, 1].unique().numel() == 1
+    assert auroc(labels, logits) == 1.0
 
 
 def test_cli_reports_an_unknown_config_key(cohort, tmp_path, capsys):
@@ -383,3 +392,21 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"needs GPU 1, and torch sees 1.*--nproc_per_node=1"):
         Distributed.from_environment(torch.device("cuda"))
+
+
+def test_a_run_without_test_rows_reports_on_its_validation_split(cohort, tmp_path):
+    with open(cohort.manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    patients = sorted({row["patient_id"] for row in rows})
+    val = set(patients[::4])
+    manifest = cohort.root / "no-test.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], "split"])
+        writer.writeheader()
+        writer.writerows({**row, "split": "val" if row["patient_id"] in val else "train"} for row in rows)
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="no test files"):
+        train(small(cohort, run, data=str(manifest)), log=quiet)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "test" not in metrics and metrics["bias"]["split"] == "val"
+    assert "no test split" in (run / "report.html").read_text()

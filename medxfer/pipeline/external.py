@@ -1,0 +1,190 @@
+"""External validation (``medxfer evaluate RUN_DIR --data PATH``): a trained run scored on another
+labelled set with the calibration and the threshold fitted on the run's own validation split,
+unchanged, so that the figures say how the model as shipped does on new data.
+
+Every image of the new set is a test image (a manifest's split column is ignored). Files that
+cannot be read are skipped and listed in ``unreadable.csv``; the scans are decoded and scored in
+chunks, so memory does not grow with the size of the set. The run's validation figures, training
+AUROC and overfitting check are carried over from its ``metrics.json``, and its learning curves
+from ``history.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medxfer.datasets.sources import ScanRecord, ScanSet, UnreadableFile, load_scans
+from medxfer.files import atomic_write_text
+from medxfer.pipeline.config import load_config
+from medxfer.pipeline.decoding import DecodeSettings, decode_all
+from medxfer.pipeline.environment import ENVIRONMENT_FILE, environment_info, records_manifest_hash, write_environment
+from medxfer.pipeline.evaluation import Evaluation, EvaluationSettings, Evaluator, SplitInputs, evaluate
+from medxfer.pipeline.outputs import CALIBRATION_FILE, METRICS_FILE, data_name, headline, write_evaluation
+from medxfer.pipeline.saving import load_model
+from medxfer.pipeline.training import resolve_device
+from medxfer.transforms.pipeline import XrayPipeline
+
+CONFIG_FILE, HISTORY_FILE = "config.yaml", "history.csv"
+PREDICTIONS_FILE, UNREADABLE_FILE = "predictions.csv", "unreadable.csv"
+CHUNK = 256  # scans decoded and scored at a time
+BATCH = 32
+# from the run's metrics.json: the same calibration (with the size of the set it was fitted on),
+# the validation figures and the overfitting check
+CARRIED = ("calibration", "train", "val", "overfitting", "best_epoch", "epochs_run", "scored_before")
+
+
+class RunNotFoundError(ValueError):
+    """RUN_DIR is not a finished medxfer training run."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunNotFoundError(f"{path}: cannot be read ({exc})") from None
+
+
+def _read_history(path: Path) -> list[dict[str, Any]] | None:
+    if not path.is_file():
+        return None
+    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v not in ("", None)} for row in rows]
+
+
+def check_run(run_dir: Path) -> None:
+    """Refuse a folder that is not a finished training run, saying what is missing."""
+    if not run_dir.is_dir():
+        raise RunNotFoundError(f"{run_dir}: no such run folder")
+    missing = [name for name in ("model.safetensors", "model.json", CONFIG_FILE, CALIBRATION_FILE, METRICS_FILE)
+               if not (run_dir / name).is_file()]
+    if missing:
+        raise RunNotFoundError(f"{run_dir}: not a finished medxfer training run (missing {', '.join(missing)}); "
+                               "train one with medxfer train, or let an interrupted run finish with --resume")
+
+
+def _labelled_records(data: Path, layout: str, classes: list[str]) -> ScanSet:
+    scans = load_scans(data, layout=layout, labelled=True)
+    if scans.layout == "unlabelled":
+        raise ValueError(f"{data}: no labels found (give a folder of class subfolders or a manifest with a label "
+                         "column); to score unlabelled scans use medxfer predict")
+    unlabelled = [r.path for r in scans.records if r.label is None]
+    if unlabelled:
+        raise ValueError(f"{data}: {len(unlabelled)} file(s) have no label, e.g. {unlabelled[0]}")
+    unknown = sorted({r.label for r in scans.records} - set(classes))
+    if unknown:
+        raise ValueError(f"{data}: label(s) {', '.join(unknown)} are not classes of this model ({', '.join(classes)})")
+    if not scans.records:
+        raise ValueError(f"{data}: no readable scans")
+    return scans
+
+
+@torch.no_grad()
+def _score(scans: ScanSet, model: torch.nn.Module, settings: DecodeSettings, device: torch.device, workers: int,
+           log: Callable[[str], None]) -> tuple[list[ScanRecord], np.ndarray, list[UnreadableFile]]:
+    """Logits of every readable scan, decoded and scored ``CHUNK`` at a time."""
+    plain = XrayPipeline(settings.spec, "none")
+    kept: list[ScanRecord] = []
+    logits: list[np.ndarray] = []
+    failed: list[UnreadableFile] = []
+    records = scans.records
+    for start in range(0, len(records), CHUNK):
+        chunk = records[start : start + CHUNK]
+        images, bad = decode_all([r.path for r in chunk], settings, workers=workers)
+        failed += bad
+        good = [(r, image) for r, image in zip(chunk, images, strict=True) if image is not None]
+        for offset in range(0, len(good), BATCH):
+            batch = torch.stack([plain(image) for _, image in good[offset : offset + BATCH]]).to(device)
+            logits.append(model(batch).float().cpu().numpy())
+        kept += [r for r, _ in good]
+        log(f"  scored {start + len(chunk)} of {len(records)} scans")
+    width = model.head[-1].out_features
+    return kept, (np.concatenate(logits) if logits else np.empty((0, width), np.float32)), failed
+
+
+def _csv(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None = None, *, layout: str = "auto",
+                 bootstrap: int | None = None, subgroups: tuple[str, ...] | None = None,
+                 intersections: tuple[str, ...] | None = None, device: str = "auto", workers: int = 0,
+                 log: Callable[[str], None] = print) -> Evaluation:
+    """Score the labelled set ``data`` with the finished run ``run_dir`` and write
+    ``metrics.json``, ``report.html``, ``model_card.md``, ``predictions.csv``,
+    ``environment.json`` and, if some files could not be read, ``unreadable.csv`` into ``out``
+    (default ``RUN_DIR/evaluations/<data set name>``). ``bootstrap``, ``subgroups`` and
+    ``intersections`` override the run's settings."""
+    run_dir, data = Path(run_dir), Path(data)
+    check_run(run_dir)
+    if not data.exists():
+        raise FileNotFoundError(f"{data}: no such file or folder")
+    name = data_name(data)
+    out = Path(out) if out is not None else run_dir / "evaluations" / name
+    if out.resolve() == run_dir.resolve():
+        raise ValueError(f"--out {out} is the run folder itself, whose own report it would replace; choose another")
+    config = load_config(run_dir / CONFIG_FILE)
+    overrides = {k: v for k, v in {"bootstrap": bootstrap, "subgroups": subgroups,
+                                   "intersections": intersections}.items() if v is not None}
+    config = replace(config, **overrides).validate()
+    try:
+        evaluator = Evaluator.from_dict(_read_json(run_dir / CALIBRATION_FILE))
+    except ValueError as exc:
+        raise RunNotFoundError(f"{run_dir / CALIBRATION_FILE}: {exc}") from None
+    run_metrics = _read_json(run_dir / METRICS_FILE)
+    model, spec, recipe = load_model(run_dir)
+    classes = list(recipe["classes"])
+    if classes != list(evaluator.classes):
+        raise RunNotFoundError(f"{run_dir}: {CALIBRATION_FILE} and model.json name different classes")
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    scans = _labelled_records(data, layout, classes)
+    log(f"evaluating {run_dir} on {len(scans.records)} labelled scans from {data}")
+    settings = DecodeSettings(spec, recipe.get("window", config.window),
+                              recipe.get("volume_strategy", config.volume_strategy))
+    kept, logits, failed = _score(scans, model, settings, torch_device, workers, log)
+    unreadable = [*scans.unreadable, *failed]
+    if not kept:
+        raise ValueError(f"{data}: none of its {len(scans.records) + len(scans.unreadable)} files could be read")
+    index = {c: i for i, c in enumerate(classes)}
+    inputs = SplitInputs(np.array([index[r.label] for r in kept]), logits,
+                         patients=[r.patient_key for r in kept], meta=[r.meta for r in kept])
+    evaluation = evaluate(classes, {"test": inputs}, EvaluationSettings.from_config(config), evaluator=evaluator,
+                          kind="external validation", data_name=name)
+    metrics = evaluation.metrics
+    for key in CARRIED:
+        if key in run_metrics:
+            metrics[key] = run_metrics[key]
+    metrics["trained_on"] = run_metrics.get("data_name")
+    metrics["unreadable_files"] = len(unreadable)
+    kept_scans = replace(scans, records=kept)
+    out.mkdir(parents=True, exist_ok=True)
+    write_environment(out / ENVIRONMENT_FILE, environment_info(
+        seed=config.seed, device=torch_device, data_hash=records_manifest_hash(kept_scans),
+        extra={"evaluated_run": str(run_dir.resolve().name)}))
+    probabilities = evaluator.predict_proba(logits)
+    predicted = evaluator.predict(probabilities)
+    rows: list[list[Any]] = [["path", "label", *[f"p_{c}" for c in classes], "predicted"]]
+    rows += [[scans.relative(r.path), r.label, *[f"{p:.6f}" for p in row], classes[k]]
+             for r, row, k in zip(kept, probabilities, predicted, strict=True)]
+    atomic_write_text(out / PREDICTIONS_FILE, _csv(rows))
+    if unreadable:
+        atomic_write_text(out / UNREADABLE_FILE, _csv([["path", "reason"],
+                                                       *[[scans.relative(u.path), u.reason] for u in unreadable]]))
+        log(f"skipped {len(unreadable)} unreadable file(s): listed in {out / UNREADABLE_FILE}")
+    write_evaluation(out, evaluation, evaluator_state=None, history=_read_history(run_dir / HISTORY_FILE),
+                     config=config.to_dict(), environment=_read_json(out / ENVIRONMENT_FILE))
+    for line in headline(metrics):
+        log(line)
+    log(f"wrote {out}")
+    return evaluation
