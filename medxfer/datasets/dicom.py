@@ -34,7 +34,7 @@ from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
-from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key
+from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key, study_key
 from medxfer.datasets.scan import Scan, UnreadableScanError
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -208,6 +208,7 @@ def dicom_meta(ds: Dataset) -> dict[str, Any]:
             "transfer_syntax": _transfer_syntax(ds).name,
             "sop_class": _sop_class(ds),
             "patient_key": patient_key(ds.get("PatientID")),
+            "study_key": study_key(ds.get("StudyInstanceUID")),
         }
 
 

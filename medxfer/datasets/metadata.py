@@ -15,6 +15,7 @@ Keys a reader may set in ``Scan.meta`` (absent or ``None`` when unknown):
 ``photometric_interpretation``  as stored (``MONOCHROME1``, ``RGB``...)
 ``bits_stored``                bits per stored sample
 ``patient_key``                salted hash of the patient identifier, for grouping only
+``study_key``                  salted hash of the StudyInstanceUID, to group a study's images
 =============================  ==============================================================
 
 The raw PatientName, PatientID, birth date and accession number are never copied anywhere.
@@ -152,3 +153,14 @@ def patient_key(patient_id: object, salt: bytes | None = None) -> str | None:
         return None
     digest = hmac.new(salt if salt is not None else pseudonym_salt(), text.encode("utf-8"), hashlib.sha256)
     return "p" + digest.hexdigest()[:KEY_HEX_CHARS]
+
+
+def study_key(study_uid: object, salt: bytes | None = None) -> str | None:
+    """Pseudonymous, stable key for a DICOM StudyInstanceUID (HMAC-SHA256 under the patient-key
+    salt, in its own domain so that it never equals a patient key; "s" and 16 hex characters).
+    ``None`` for a missing or blank UID."""
+    if study_uid is None or not str(study_uid).strip():
+        return None
+    text = "study:" + str(study_uid).strip()
+    digest = hmac.new(salt if salt is not None else pseudonym_salt(), text.encode("utf-8"), hashlib.sha256)
+    return "s" + digest.hexdigest()[:KEY_HEX_CHARS]

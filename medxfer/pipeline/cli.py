@@ -188,6 +188,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threshold(text: str) -> str | float:
+    """argparse type for --threshold: ``validated`` or a probability."""
+    if text == "validated":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'validated' or a probability, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability from 0 to 1, got {value}")
+    return value
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from medxfer.pipeline.inference import predict_scans
+
+    predict_scans(args.run_dir, args.scans, args.out, batch_size=args.batch_size, workers=args.workers,
+                  device=args.device, threshold=args.threshold, chunk=args.chunk)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from medxfer.pipeline.export import export_run, sidecar_path
+
+    result = export_run(args.run_dir, args.format, args.out)
+    print(f"{result.format}: the exported probabilities are within {result.max_abs_difference:.2g} of PyTorch's "
+          f"(tolerance {result.tolerance:g})")
+    print(f"wrote {result.path} and {sidecar_path(result.path)}")
+    return 0
+
+
 def write_augment_preview(
     path: Path,
     out: Path,
@@ -333,6 +364,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--workers", type=count, default=0, help="decoding processes (default: 0, in this process)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a trained run as one TorchScript or ONNX file",
+                       description="Write a finished run's network, its calibration and the softmax as one file. "
+                                   "Input 'image': float32 (N, C, S, S), scans prepared as medxfer prepares them "
+                                   "(resized to fit, C channels, normalised); output 'probabilities': float32 "
+                                   "(N, K), calibrated; the batch size N is free. Before anything is written the "
+                                   "file is loaded back and compared with PyTorch on random batches of two sizes; "
+                                   "FILE.json records the classes, input, calibration, threshold and the weights' "
+                                   "SHA-256. ONNX needs pip install 'medxfer[onnx]'.")
+    p.add_argument("run_dir", type=Path, help="a finished medxfer train run directory")
+    # medxfer.pipeline.export.EXPORT_FORMATS, without importing torch
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="the file format")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="the file to write, e.g. model.pt or model.onnx (its sidecar: FILE.json)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="predict every scan in a folder or manifest with a trained run",
+                       description="Score every scan under SCANS (a folder, searched recursively, or a CSV manifest) "
+                                   "prepared exactly as in training, with the run's calibration and validated "
+                                   "threshold. Writes one row per readable scan to --out, one row per unreadable "
+                                   "file to OUT.errors.csv, and OUT.json (model and configuration hashes). "
+                                   "Interrupted? Run the same command again: scans already done are skipped. "
+                                   "Several processes: torchrun --nproc_per_node=N -m medxfer predict ...")
+    p.add_argument("run_dir", type=Path, help="a finished medxfer train run directory")
+    p.add_argument("scans", type=Path, help="folder of scans (DICOM, NIfTI, PNG/JPEG/TIFF) or CSV manifest")
+    p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="output CSV (default: predictions.csv)")
+    p.add_argument("--batch-size", type=positive, default=32, help="scans per batch (default: 32)")
+    p.add_argument("--workers", type=lambda t: t if t == "auto" else count(t), default="auto",
+                   help="decoding processes (default: auto, at least 1)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--threshold", type=_threshold, default="validated",
+                   help="'validated' (the run's, chosen on its validation split) or a probability for the "
+                        "positive class (default: validated)")
+    p.add_argument("--chunk", type=positive, default=256,
+                   help="scans per part file written to OUT.parts/ while the job runs (default: 256)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on a phantom cohort",
                        description="Generate a phantom cohort, inspect it, split it by patient and preview "

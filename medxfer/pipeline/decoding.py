@@ -38,10 +38,15 @@ class DecodeSettings:
 def decode_scan(path: Path, settings: DecodeSettings) -> torch.Tensor:
     """One scan as a (C, h, w) float32 tensor in [0, 1], resized to fit ``settings.spec``.
     Raises ``UnreadableScanError`` naming the file and the reason."""
+    return decode_with_meta(path, settings)[0]
+
+
+def decode_with_meta(path: Path, settings: DecodeSettings) -> tuple[torch.Tensor, dict]:
+    """``decode_scan`` and the scan's non-identifying metadata (``Scan.meta``)."""
     scan = read_scan(path, window=settings.window)
     pixels = volume_to_2d(scan.pixels, settings.volume_strategy) if scan.is_volume else scan.pixels
     try:
-        return resize_to_fit(pixels, settings.spec).contiguous()
+        return resize_to_fit(pixels, settings.spec).contiguous(), dict(scan.meta)
     except ValueError as exc:
         raise UnreadableScanError(path, str(exc)) from None
 

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from medxfer.datasets.metadata import SaltError, normalise_sex, parse_age, patient_key, pseudonym_salt
+from medxfer.datasets.metadata import SaltError, normalise_sex, parse_age, patient_key, pseudonym_salt, study_key
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,12 @@ def test_without_environment_a_private_salt_is_created_once(monkeypatch, tmp_pat
     assert stat.S_IMODE(salt_file.stat().st_mode) == 0o600
     assert pseudonym_salt() == first
     assert [p.name for p in (tmp_path / "medxfer").iterdir()] == ["pseudonym-salt"]  # no temporary left
+
+
+def test_a_study_key_is_stable_salted_and_never_equals_a_patient_key():
+    salt = b"0123456789abcdef-salt"
+    uid = "1.2.826.0.1.3680043.8.498.12345"
+    assert study_key(uid, salt) == study_key(f" {uid} ", salt) and study_key(uid, salt).startswith("s")
+    assert study_key(uid, salt) != study_key(uid, b"another-salt-0123456789")
+    assert study_key(uid, salt)[1:] != patient_key(uid, salt)[1:]
+    assert uid not in study_key(uid, salt) and study_key("", salt) is None and study_key(None, salt) is None

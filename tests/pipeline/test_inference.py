@@ -1,0 +1,195 @@
+"""`medxfer predict`: one row per readable scan, one error row per bad file, resume after kill -9,
+no patient identifiers, the same probabilities as `medxfer evaluate`, and torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from medxfer.datasets import phantom
+from medxfer.pipeline.cli import main
+from medxfer.pipeline.config import load_config
+from medxfer.pipeline.external import evaluate_run
+from medxfer.pipeline.inference import predict_scans
+
+BAD_FILES = {"empty.dcm": b"", "random.dcm": os.urandom(3000), "notes.txt": b"not an image at all\n"}
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def run(cohort, tmp_path_factory) -> Path:
+    """A finished two-epoch run at 32 pixels on the shared phantom cohort."""
+    from medxfer.pipeline.training import train
+
+    out = tmp_path_factory.mktemp("predict-run") / "run"
+    config = load_config(None, {"data": str(cohort.manifest), "out": str(out), "image_size": 32, "epochs": 2,
+                                "batch_size": 8, "cache_views": 1, "workers": 0, "augment": "light",
+                                "bootstrap": 20}).validate(need_data=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDXFER_SALT", "medxfer-tests-salt-0123456789")
+        train(config, log=quiet)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A folder of phantom scans (DICOM and NIfTI) with broken files mixed in, and the good
+    files' paths relative to it."""
+    root = tmp_path_factory.mktemp("scans")
+    summary = phantom.generate_cohort(root, n_patients=14, seed=5, n_volumes=1)
+    (root / "manifest.csv").unlink()
+    good = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    first = root / good[0]
+    (root / "images" / "truncated.dcm").write_bytes(first.read_bytes()[:500])
+    for name, data in BAD_FILES.items():
+        (root / "images" / name).write_bytes(data)
+    assert summary.n_images + 1 == len(good)  # the images and one volume
+    return root, good
+
+
+def test_good_scans_get_rows_and_bad_files_error_rows(run, scans, tmp_path, capsys):
+    root, good = scans
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0", "--batch-size", "4"]) == 0
+    rows = read_csv(out)
+    assert [row["path"] for row in rows] == good
+    errors = read_csv(tmp_path / "predictions.errors.csv")
+    assert sorted(row["path"] for row in errors) == sorted(f"images/{n}" for n in [*BAD_FILES, "truncated.dcm"])
+    assert all(row["reason"] for row in errors)
+    threshold = json.loads((run / "calibration.json").read_text())["threshold"]["value"]
+    for row in rows:
+        assert float(row["p_normal"]) + float(row["p_opacity"]) == pytest.approx(1, abs=2e-6)
+        assert row["predicted"] == ("opacity" if float(row["p_opacity"]) >= threshold else "normal")
+    dicom = [row for row in rows if row["path"].endswith(".dcm")]
+    assert all(row["modality"] in ("CR", "DX") and row["view"] in ("AP", "PA") for row in dicom)
+    assert all(row["study_key"].startswith("s") for row in dicom)
+    sidecar = json.loads((tmp_path / "predictions.json").read_text())
+    recipe = json.loads((run / "model.json").read_text())
+    assert sidecar["model_sha256"] == recipe["weights_sha256"] and sidecar["predicted"] == len(good)
+    assert sidecar["unreadable"] == len(BAD_FILES) + 1 and sidecar["threshold_source"] == "validated"
+    assert not (tmp_path / "predictions.csv.parts").exists()
+    assert f"{len(good)} scan(s) predicted, {len(BAD_FILES) + 1} could not be read" in capsys.readouterr().out
+
+
+def test_no_identifier_from_the_headers_reaches_any_output(run, scans, tmp_path):
+    root, good = scans
+    out = tmp_path / "predictions.csv"
+    predict_scans(run, root, out, workers=0, log=quiet)
+    identifiers = set()
+    for path in good:
+        if path.endswith(".dcm"):
+            header = pydicom.dcmread(root / path, stop_before_pixels=True)
+            identifiers |= {str(header.PatientName), str(header.PatientID), str(header.PatientBirthDate),
+                            str(header.AccessionNumber), str(header.StudyInstanceUID)}
+    identifiers.discard("")
+    for name in ("predictions.csv", "predictions.errors.csv", "predictions.json"):
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        assert not [i for i in identifiers if i in text], name
+
+
+def test_a_killed_job_rerun_ends_with_exactly_one_row_per_scan(run, scans, tmp_path):
+    root, _ = scans
+    reference = tmp_path / "reference.csv"
+    predict_scans(run, root, reference, workers=0, batch_size=2, log=quiet)
+    out = tmp_path / "killed.csv"
+    command = [sys.executable, "-m", "medxfer", "predict", str(run), str(root), "--out", str(out),
+               "--workers", "0", "--batch-size", "2", "--chunk", "4"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    parts = tmp_path / "killed.csv.parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(parts.glob("rank*.csv"))) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the job finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not out.exists() and parts.is_dir()
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0", "--chunk", "4"]) == 0
+    assert read_csv(out) == read_csv(reference)
+    assert read_csv(tmp_path / "killed.errors.csv") == read_csv(tmp_path / "reference.errors.csv")
+    assert not parts.exists()
+
+
+def test_rerunning_a_finished_job_predicts_only_new_scans(run, scans, tmp_path):
+    root, good = scans
+    folder = tmp_path / "scans"
+    shutil.copytree(root, folder)
+    out = tmp_path / "predictions.csv"
+    predict_scans(run, folder, out, workers=0, log=quiet)
+    first = read_csv(out)
+    shutil.copy(folder / good[0], folder / "images" / "added.dcm")
+    summary = predict_scans(run, folder, out, workers=0, log=quiet)
+    assert summary.predicted == 1 and summary.already_done == len(good) + len(BAD_FILES) + 1
+    rows = read_csv(out)
+    assert len(rows) == len(first) + 1 and len({row["path"] for row in rows}) == len(rows)
+
+
+def test_predictions_equal_the_probabilities_evaluate_computes(run, cohort, tmp_path):
+    evaluate_run(run, cohort.manifest, tmp_path / "evaluation", bootstrap=0, log=quiet)
+    evaluated = {row["path"]: row for row in read_csv(tmp_path / "evaluation" / "predictions.csv")}
+    predict_scans(run, cohort.manifest, tmp_path / "predictions.csv", workers=0, log=quiet)
+    predicted = read_csv(tmp_path / "predictions.csv")
+    assert len(predicted) == len(evaluated)
+    for row in predicted:
+        assert float(row["p_opacity"]) == pytest.approx(float(evaluated[row["path"]]["p_opacity"]), abs=2e-6)
+        assert row["predicted"] == evaluated[row["path"]]["predicted"]
+
+
+def test_a_given_threshold_replaces_the_validated_one(run, scans, tmp_path):
+    root, _ = scans
+    predict_scans(run, root, tmp_path / "all.csv", workers=0, threshold=0.0, log=quiet)
+    assert {row["predicted"] for row in read_csv(tmp_path / "all.csv")} == {"opacity"}
+    assert json.loads((tmp_path / "all.json").read_text())["threshold_source"] == "given"
+
+
+def test_two_processes_write_the_same_predictions_as_one(run, scans, tmp_path):
+    root, _ = scans
+    predict_scans(run, root, tmp_path / "one.csv", workers=0, log=quiet)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "medxfer",
+               "predict", str(run), str(root), "--out", str(tmp_path / "two.csv"), "--workers", "0", "--chunk", "3"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
+                               env={**os.environ, "MEDXFER_SALT": "medxfer-tests-salt-0123456789"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    two, one = read_csv(tmp_path / "two.csv"), read_csv(tmp_path / "one.csv")
+    assert [row["path"] for row in two] == [row["path"] for row in one]
+    for a, b in zip(two, one, strict=True):  # batches differ per process: rounding may differ
+        assert {k: v for k, v in a.items() if not k.startswith("p_")} == {k: v for k, v in b.items()
+                                                                          if not k.startswith("p_")}
+        assert float(a["p_opacity"]) == pytest.approx(float(b["p_opacity"]), abs=1e-5)
+    assert read_csv(tmp_path / "two.errors.csv") == read_csv(tmp_path / "one.errors.csv")
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    ("no-run", "no such run folder"),
+    ("empty-scans", "no files to predict"),
+    ("missing-scans", "no such folder or manifest"),
+])
+def test_a_missing_run_or_empty_scans_is_a_clear_error(run, tmp_path, capsys, setup, message):
+    folder, scans = (tmp_path / "nothing" if setup == "no-run" else run), tmp_path / "scans"
+    if setup != "missing-scans":
+        scans.mkdir()
+    assert main(["predict", str(folder), str(scans), "--out", str(tmp_path / "p.csv")]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_a_threshold_that_is_not_a_probability_is_a_usage_error(run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["predict", str(run), str(tmp_path), "--threshold", "1.5"])
+    assert stopped.value.code == 2 and "probability" in capsys.readouterr().err
