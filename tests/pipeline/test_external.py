@@ -12,7 +12,6 @@ import pytest
 
 from medxfer.datasets import phantom
 from medxfer.pipeline.cli import main
-from medxfer.pipeline.config import load_config
 from medxfer.pipeline.external import evaluate_run
 
 
@@ -20,19 +19,6 @@ def quiet(_: str) -> None:
     pass
 
 
-@pytest.fixture(scope="module")
-def run(cohort, tmp_path_factory) -> Path:
-    """A finished two-epoch run at 32 pixels on the shared phantom cohort."""
-    from medxfer.pipeline.training import train
-
-    out = tmp_path_factory.mktemp("external") / "run"
-    config = load_config(None, {"data": str(cohort.manifest), "out": str(out), "image_size": 32, "epochs": 2,
-                                "batch_size": 8, "cache_views": 1, "workers": 0, "augment": "light",
-                                "bootstrap": 50}).validate(need_data=True)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDXFER_SALT", "medxfer-tests-salt-0123456789")
-        train(config, log=quiet)
-    return out
 
 
 @pytest.fixture(scope="module")

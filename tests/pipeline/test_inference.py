@@ -18,7 +18,6 @@ import pytest
 
 from medxfer.datasets import phantom
 from medxfer.pipeline.cli import main
-from medxfer.pipeline.config import load_config
 from medxfer.pipeline.external import evaluate_run
 from medxfer.pipeline.inference import predict_scans
 
@@ -34,19 +33,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-@pytest.fixture(scope="module")
-def run(cohort, tmp_path_factory) -> Path:
-    """A finished two-epoch run at 32 pixels on the shared phantom cohort."""
-    from medxfer.pipeline.training import train
-
-    out = tmp_path_factory.mktemp("predict-run") / "run"
-    config = load_config(None, {"data": str(cohort.manifest), "out": str(out), "image_size": 32, "epochs": 2,
-                                "batch_size": 8, "cache_views": 1, "workers": 0, "augment": "light",
-                                "bootstrap": 20}).validate(need_data=True)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDXFER_SALT", "medxfer-tests-salt-0123456789")
-        train(config, log=quiet)
-    return out
 
 
 @pytest.fixture(scope="module")
