@@ -3,8 +3,8 @@ labelled set with the calibration and the threshold fitted on the run's own vali
 unchanged, so that the figures say how the model as shipped does on new data.
 
 Every image of the new set is a test image (a manifest's split column is ignored). Files that
-cannot be read are skipped and listed in ``unreadable.csv``; the scans are decoded and scored in
-chunks, so memory does not grow with the size of the set. The run's validation figures, training
+cannot be read are skipped and listed in ``unreadable.csv``; the scans are prepared exactly as
+``medxfer predict`` prepares them and scored batch by batch, so memory holds logits, not images. The run's validation figures, training
 AUROC and overfitting check are carried over from its ``metrics.json``, and its learning curves
 from ``history.csv``.
 """
@@ -25,18 +25,17 @@ import torch
 from medxfer.datasets.sources import ScanRecord, ScanSet, UnreadableFile, load_scans
 from medxfer.files import atomic_write_text
 from medxfer.pipeline.config import load_config
-from medxfer.pipeline.decoding import DecodeSettings, decode_all
+from medxfer.pipeline.decoding import DecodeSettings, prepared_batches
 from medxfer.pipeline.environment import ENVIRONMENT_FILE, environment_info, records_manifest_hash, write_environment
 from medxfer.pipeline.evaluation import Evaluation, EvaluationSettings, Evaluator, SplitInputs, evaluate
 from medxfer.pipeline.outputs import CALIBRATION_FILE, METRICS_FILE, data_name, headline, write_evaluation
 from medxfer.pipeline.saving import load_model
 from medxfer.pipeline.training import resolve_device
-from medxfer.transforms.pipeline import XrayPipeline
 
 CONFIG_FILE, HISTORY_FILE = "config.yaml", "history.csv"
 PREDICTIONS_FILE, UNREADABLE_FILE = "predictions.csv", "unreadable.csv"
-CHUNK = 256  # scans decoded and scored at a time
 BATCH = 32
+PROGRESS = 256  # scans between progress lines
 # from the run's metrics.json: the same calibration (with the size of the set it was fitted on),
 # the validation figures and the overfitting check
 CARRIED = ("calibration", "train", "val", "overfitting", "best_epoch", "epochs_run", "scored_before")
@@ -90,22 +89,22 @@ def _labelled_records(data: Path, layout: str, classes: list[str]) -> ScanSet:
 @torch.no_grad()
 def _score(scans: ScanSet, model: torch.nn.Module, settings: DecodeSettings, device: torch.device, workers: int,
            log: Callable[[str], None]) -> tuple[list[ScanRecord], np.ndarray, list[UnreadableFile]]:
-    """Logits of every readable scan, decoded and scored ``CHUNK`` at a time."""
-    plain = XrayPipeline(settings.spec, "none")
+    """Logits of every readable scan, prepared as ``medxfer predict`` prepares them, batch by
+    batch (decoded in ``workers`` processes meanwhile)."""
+    records = scans.records
     kept: list[ScanRecord] = []
     logits: list[np.ndarray] = []
     failed: list[UnreadableFile] = []
-    records = scans.records
-    for start in range(0, len(records), CHUNK):
-        chunk = records[start : start + CHUNK]
-        images, bad = decode_all([r.path for r in chunk], settings, workers=workers)
-        failed += bad
-        good = [(r, image) for r, image in zip(chunk, images, strict=True) if image is not None]
-        for offset in range(0, len(good), BATCH):
-            batch = torch.stack([plain(image) for _, image in good[offset : offset + BATCH]]).to(device)
-            logits.append(model(batch).float().cpu().numpy())
-        kept += [r for r, _ in good]
-        log(f"  scored {start + len(chunk)} of {len(records)} scans")
+    batches = prepared_batches([r.path for r in records], range(len(records)), settings, batch_size=BATCH,
+                               workers=workers)
+    for number, batch in enumerate(batches, 1):
+        good = [(index, image) for index, image, _, _ in batch if image is not None]
+        failed += [UnreadableFile(records[index].path, reason) for index, image, _, reason in batch if image is None]
+        if good:
+            logits.append(model(torch.stack([image for _, image in good]).to(device)).float().cpu().numpy())
+        kept += [records[index] for index, _ in good]
+        if number % (PROGRESS // BATCH) == 0 or number * BATCH >= len(records):
+            log(f"  scored {min(number * BATCH, len(records))} of {len(records)} scans")
     width = model.head[-1].out_features
     return kept, (np.concatenate(logits) if logits else np.empty((0, width), np.float32)), failed
 

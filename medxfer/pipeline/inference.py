@@ -34,20 +34,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from medxfer import __version__
-from medxfer.datasets.scan import UnreadableScanError
 from medxfer.datasets.sources import iter_files, read_manifest_rows
 from medxfer.files import atomic_write_text
-from medxfer.pipeline.decoding import DecodeSettings, decode_with_meta
+from medxfer.pipeline.decoding import DecodeSettings, prepared_batches
 from medxfer.pipeline.distributed import Distributed
 from medxfer.pipeline.evaluation import Evaluator
 from medxfer.pipeline.external import CONFIG_FILE, RunNotFoundError, check_run
 from medxfer.pipeline.outputs import CALIBRATION_FILE
 from medxfer.pipeline.saving import RECIPE_FILE, load_model
 from medxfer.pipeline.training import resolve_device, resolve_workers
-from medxfer.transforms.pipeline import XrayPipeline
 
 META_COLUMNS = ("modality", "view", "study_key")  # non-identifying facts kept per row
 CHUNK = 256  # scans per part file
@@ -99,31 +96,6 @@ def _relative(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return path.as_posix()
-
-
-class _Prepared(Dataset):
-    """Scan ``i`` of ``paths`` prepared for the network: (i, tensor or None, metadata, reason)."""
-
-    def __init__(self, paths: Sequence[Path], indices: Sequence[int], settings: DecodeSettings) -> None:
-        self.paths, self.indices, self.settings = paths, list(indices), settings
-        self.plain = XrayPipeline(settings.spec, "none")
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, dict[str, Any], str | None]:
-        index = self.indices[position]
-        try:
-            image, meta = decode_with_meta(self.paths[index], self.settings)
-            return index, self.plain(image), {k: meta.get(k) for k in META_COLUMNS}, None
-        except UnreadableScanError as exc:
-            return index, None, {}, exc.reason
-        except Exception as exc:  # one exotic file must not end a job over thousands
-            return index, None, {}, f"unexpected error: {type(exc).__name__}: {exc}"
-
-
-def _as_list(batch: list) -> list:
-    return batch
 
 
 class _Parts:
@@ -223,8 +195,7 @@ def _predict(run_dir: Path, root: Path, files: list[Path], unlisted: list[tuple[
     if dist.is_main:
         log(f"predicting {len(files)} scan(s) under {root} with {run_dir.name}: {len(done & set(relative))} already "
             f"done, {workers} decoding worker(s), {device}" + (f" x {dist.world_size}" if dist.enabled else ""))
-    loader = DataLoader(_Prepared(files, todo, settings), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_as_list)
+    loader = prepared_batches(files, todo, settings, batch_size=batch_size, workers=workers)
     predicted = failed = 0
     pending: list[dict[str, Any]] = []
     with torch.no_grad():
