@@ -70,6 +70,15 @@ def check_run(run_dir: Path) -> None:
                                "train one with medxfer train, or let an interrupted run finish with --resume")
 
 
+def load_evaluator(run_dir: Path) -> Evaluator:
+    """The calibration and threshold a finished run fitted on its validation split; a missing
+    or damaged ``calibration.json`` is a ``RunNotFoundError`` naming the file."""
+    try:
+        return Evaluator.from_dict(_read_json(run_dir / CALIBRATION_FILE))
+    except ValueError as exc:  # RunNotFoundError (unreadable JSON) is a ValueError too
+        raise RunNotFoundError(f"{run_dir / CALIBRATION_FILE}: {exc}") from None
+
+
 def _labelled_records(data: Path, layout: str, classes: list[str]) -> ScanSet:
     scans = load_scans(data, layout=layout, labelled=True)
     if scans.layout == "unlabelled":
@@ -136,10 +145,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     overrides = {k: v for k, v in {"bootstrap": bootstrap, "subgroups": subgroups,
                                    "intersections": intersections}.items() if v is not None}
     config = replace(config, **overrides).validate()
-    try:
-        evaluator = Evaluator.from_dict(_read_json(run_dir / CALIBRATION_FILE))
-    except ValueError as exc:
-        raise RunNotFoundError(f"{run_dir / CALIBRATION_FILE}: {exc}") from None
+    evaluator = load_evaluator(run_dir)
     run_metrics = _read_json(run_dir / METRICS_FILE)
     model, spec, recipe = load_model(run_dir)
     classes = list(recipe["classes"])

@@ -41,9 +41,9 @@ from medxfer.files import atomic_write_text
 from medxfer.pipeline.decoding import DecodeSettings, prepared_batches
 from medxfer.pipeline.distributed import Distributed
 from medxfer.pipeline.evaluation import Evaluator
-from medxfer.pipeline.external import CONFIG_FILE, RunNotFoundError, check_run
+from medxfer.pipeline.external import CONFIG_FILE, check_run, load_evaluator
 from medxfer.pipeline.outputs import CALIBRATION_FILE
-from medxfer.pipeline.saving import RECIPE_FILE, load_model
+from medxfer.pipeline.saving import load_model
 from medxfer.pipeline.training import resolve_device, resolve_workers
 
 META_COLUMNS = ("modality", "view", "study_key")  # non-identifying facts kept per row
@@ -159,10 +159,7 @@ def predict_scans(run_dir: str | Path, scans: str | Path, out: str | Path, *, ba
     probability for the positive class; ``chunk``: scans per part file (what a crash can lose)."""
     run_dir, scans, out = Path(run_dir), Path(scans), Path(out)
     check_run(run_dir)
-    try:
-        evaluator = Evaluator.from_dict(json.loads((run_dir / CALIBRATION_FILE).read_text(encoding="utf-8")))
-    except (ValueError, OSError) as exc:
-        raise RunNotFoundError(f"{run_dir / CALIBRATION_FILE}: {exc}") from None
+    evaluator = load_evaluator(run_dir)
     cut = _threshold(evaluator, threshold)
     root, files, unlisted = list_scans(scans)
     if not files and not unlisted:
@@ -227,10 +224,10 @@ def _predict(run_dir: Path, root: Path, files: list[Path], unlisted: list[tuple[
     dist.barrier()
     summary = PredictSummary(predicted, failed, already, out, errors, out.with_suffix(".json"))
     if dist.is_main:
-        _merge(out, errors, parts, relative, unlisted, root, classes, run_dir, evaluator, cut, device)
-        counts = _count_rows(out), _count_rows(errors)
-        log(f"{counts[0]} scan(s) predicted, {counts[1]} could not be read"
-            + (f" (listed in {errors})" if counts[1] else "") + f": {out}")
+        rows, unreadable = _merge(out, errors, parts, relative, unlisted, root, recipe, run_dir, evaluator, cut,
+                                  device)
+        log(f"{rows} scan(s) predicted, {unreadable} could not be read"
+            + (f" (listed in {errors})" if unreadable else "") + f": {out}")
     dist.barrier()
     return summary
 
@@ -242,18 +239,13 @@ def _labels(evaluator: Evaluator, probabilities: np.ndarray, cut: float | None) 
     return np.where(probabilities[:, positive] >= cut, positive, 1 - positive)
 
 
-def _count_rows(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    with open(path, newline="", encoding="utf-8") as handle:
-        return max(0, sum(1 for _ in handle) - 1)
-
-
 def _merge(out: Path, errors: Path, parts: _Parts, relative: list[str], unlisted: list[tuple[Path, str]],
-           root: Path, classes: list[str], run_dir: Path, evaluator: Evaluator, cut: float | None,
-           device: torch.device) -> None:
+           root: Path, recipe: dict[str, Any], run_dir: Path, evaluator: Evaluator, cut: float | None,
+           device: torch.device) -> tuple[int, int]:
     """One row per scan, in the order of the file list: parts and earlier output merged
-    (streaming), written atomically, then the sidecar; the parts are removed last."""
+    (streaming), written atomically, then the sidecar; the parts are removed last. Returns the
+    rows written to the predictions and to the errors file."""
+    classes = list(recipe["classes"])
     position = {path: i for i, path in enumerate(relative)}
     earlier = [{**row, "index": position[row["path"]]} for row in _earlier_rows(out, errors)
                if row["path"] in position]
@@ -267,16 +259,18 @@ def _merge(out: Path, errors: Path, parts: _Parts, relative: list[str], unlisted
     ok_writer.writeheader()
     bad_writer.writeheader()
     seen: set[str] = set()
+    predicted = 0
     for row in merged:
         if row["path"] in seen:  # a scan an interrupted process wrote twice keeps its first row
             continue
         seen.add(row["path"])
+        predicted += row["status"] == "ok"
         (ok_writer if row["status"] == "ok" else bad_writer).writerow(row)
     for path, reason in unlisted:
         bad_writer.writerow({"path": _relative(path, root), "reason": reason})
+    unreadable = len(seen) - predicted + len(unlisted)
     atomic_write_text(out, ok.getvalue())
     atomic_write_text(errors, bad.getvalue())
-    recipe = json.loads((run_dir / RECIPE_FILE).read_text(encoding="utf-8"))
     sidecar = {
         "medxfer_version": __version__,
         "written_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -288,16 +282,13 @@ def _merge(out: Path, errors: Path, parts: _Parts, relative: list[str], unlisted
         "positive_class": None if evaluator.positive_ is None else classes[evaluator.positive_],
         "threshold": cut,
         "threshold_source": "validated" if cut == evaluator.threshold_ else "given",
-        "predicted": _count_rows_text(ok.getvalue()),
-        "unreadable": _count_rows_text(bad.getvalue()),
+        "predicted": predicted,
+        "unreadable": unreadable,
         "device": device.type,
     }
     atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     shutil.rmtree(parts.folder, ignore_errors=True)
-
-
-def _count_rows_text(text: str) -> int:
-    return max(0, text.count("\n") - 1)
+    return predicted, unreadable
 
 
 def _indexed(rows: Iterator[dict[str, str]], position: dict[str, int]) -> Iterator[dict[str, Any]]:
