@@ -1,4 +1,5 @@
-"""Display processing that differs between sites: the window a film is read at, and CLAHE.
+"""Display processing that differs between sites: the window a film is read at, gamma, contrast,
+intensity curves and CLAHE.
 
 Each random transform draws its parameters, then calls a deterministic function. MONAI has no
 window jitter (its ``ScaleIntensityRange``, used here, is the fixed window) and no CLAHE;
@@ -105,6 +106,39 @@ class RandContrast(SampledTransform):
 
     def apply(self, image: torch.Tensor) -> torch.Tensor:
         return contrast(image, self._factor)
+
+
+def gamma_curve(image: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Apply ``gamma`` between the image's own minimum and maximum (1: unchanged; above 1
+    darkens the mid-tones): ``((x - min) / range) ** gamma * range + min``.
+
+    Written here rather than taken from MONAI's ``RandAdjustContrast`` (same formula, same draw):
+    torch's ``pow`` rounds the last bit differently in its vectorised and scalar loops, and where
+    the loops split depends on the number of threads, so DataLoader workers (one thread each) and
+    the main process gave different images. NumPy in float64, rounded to float32, does not.
+    """
+    values = plain_tensor(image).numpy().astype(np.float64)
+    low = values.min()
+    spread = values.max() - low
+    out = ((values - low) / (spread + 1e-7)) ** gamma * spread + low
+    return torch.from_numpy(out.astype(np.float32))
+
+
+class RandGamma(SampledTransform):
+    """With probability ``prob``: ``gamma_curve`` with a gamma uniform in ``gamma_range``."""
+
+    def __init__(self, gamma_range: tuple[float, float], prob: float) -> None:
+        SampledTransform.__init__(self, prob)
+        self.gamma_range = gamma_range
+        self._gamma = 1.0
+
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            self._gamma = self.R.uniform(*self.gamma_range)
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        return gamma_curve(image, self._gamma)
 
 
 def intensity_curve(image: torch.Tensor, targets: np.ndarray) -> torch.Tensor:

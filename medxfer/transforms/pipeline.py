@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from monai.transforms import (
     Compose,
-    RandAdjustContrast,
     RandCoarseDropout,
     RandFlip,
     RandGaussianNoise,
@@ -34,7 +33,7 @@ from monai.transforms import (
 
 from medxfer.transforms.base import plain_tensor
 from medxfer.transforms.detector import RandUnsharpMask
-from medxfer.transforms.display import RandCLAHE, RandContrast, RandHistogramShift, RandWindowJitter
+from medxfer.transforms.display import RandCLAHE, RandContrast, RandGamma, RandHistogramShift, RandWindowJitter
 from medxfer.transforms.geometry import RandIsotropicAffine, RandResizedCrop
 from medxfer.transforms.noise import RandQuantumNoise
 from medxfer.transforms.preparation import InputSpec, normalise, resize_to_fit, to_channels, to_square
@@ -45,7 +44,7 @@ def _exposure_steps(p: AugmentParams) -> list:
     return [
         RandWindowJitter(p.window_center, p.window_width, prob=p.window_prob),
         RandCLAHE(p.clahe_clip, prob=p.clahe_prob),
-        RandAdjustContrast(prob=p.gamma_prob, gamma=p.gamma),
+        RandGamma(p.gamma, prob=p.gamma_prob),
         RandContrast(p.contrast, prob=p.contrast_prob),
         RandShiftIntensity(offsets=p.brightness, prob=p.brightness_prob),
         RandHistogramShift(p.histogram_points, p.histogram_shift, prob=p.histogram_prob),

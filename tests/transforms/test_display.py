@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from medxfer.transforms.display import RandCLAHE, RandWindowJitter, clahe, window
+from medxfer.transforms.display import RandCLAHE, RandGamma, RandWindowJitter, clahe, gamma_curve, window
 
 
 def random_image(channels: int = 1, height: int = 32, width: int = 32, seed: int = 0) -> torch.Tensor:
@@ -227,3 +227,38 @@ def test_clahe_leaves_a_flat_image_unchanged():
     for value in (0.0, 0.2, 1.0):
         flat = torch.full((1, 32, 32), value)
         assert torch.equal(clahe(flat, 0.01), flat)
+
+
+@pytest.mark.parametrize("gamma", [0.7, 1.0, 1.3])
+def test_gamma_curve_is_monai_s_formula_and_keeps_the_range(gamma):
+    image = random_image(1, 40, 37, seed=3) * 0.8 + 0.1
+    low, high = float(image.min()), float(image.max())
+    expected = ((image - low) / (high - low + 1e-7)) ** gamma * (high - low) + low
+    out = gamma_curve(image, gamma)
+    assert out.dtype == torch.float32 and out.shape == image.shape
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert float(out.min()) == pytest.approx(low, abs=1e-6) and float(out.max()) == pytest.approx(high, abs=1e-6)
+
+
+def test_gamma_curve_does_not_depend_on_the_number_of_threads():
+    # torch's own pow rounds differently in its vectorised and scalar loops, split by thread
+    image = random_image(1, 224, 173, seed=2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gamma_curve(image, 1.27)
+        torch.set_num_threads(2)
+        two = gamma_curve(image, 1.27)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_rand_gamma_draws_within_the_range_and_applies_it():
+    step = RandGamma((0.8, 1.2), prob=1.0)
+    step.set_random_state(seed=4)
+    image = random_image(seed=5)
+    out = step(image)
+    assert 0.8 <= step._gamma <= 1.2 and torch.equal(out, gamma_curve(image, step._gamma))
+    never = RandGamma((0.8, 1.2), prob=0.0)
+    assert never(image) is image
