@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,7 @@ SPLIT_INTERVALS = ("auroc", "average_precision", "accuracy", "balanced_accuracy"
                    "ece", "brier")
 CLASS_METRICS = ("precision", "recall", "specificity", "f1", "auroc", "average_precision")
 NAMES = {"auroc": "AUROC", "sensitivity": "Sensitivity", "specificity": "Specificity"}
+SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}  # split names in warnings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -449,6 +450,16 @@ class _SplitScorer:
         missing = [self.classes[c] for c in range(len(self.classes)) if c not in present]
         return f"no {', '.join(missing)} images (macro AUROC needs every class)"
 
+    def _na_rates(self, labels: np.ndarray) -> dict[str, str]:
+        """Why sensitivity or specificity is undefined for images of these true ``labels``: for
+        two classes, the class it counts is absent; for more (macro averages over the classes
+        present), one class only leaves no image to be a true negative, so no specificity."""
+        if self.positive is not None:
+            return {metric: f"no {self.classes[c]} images"
+                    for metric, c in (("sensitivity", self.positive), ("specificity", 1 - self.positive))
+                    if not np.any(labels == c)}
+        return {"specificity": self._na_auroc(labels)} if len(set(labels.tolist())) < 2 else {}
+
     def overall(self) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
         labels, probabilities, predicted, k = self.labels, self.probabilities, self.predicted, len(self.classes)
         ranking = self.ranking
@@ -470,10 +481,7 @@ class _SplitScorer:
         sensitivity, specificity = sensitivity_specificity(counts, self.positive)
         if len(present) < 2:
             na["balanced_accuracy"] = self._na_auroc(labels)
-        if self.positive is not None:
-            for metric, c in (("sensitivity", self.positive), ("specificity", 1 - self.positive)):
-                if c not in present:
-                    na[metric] = f"no {self.classes[c]} images"
+        na.update(self._na_rates(labels))
         u = self.uncalibrated
         result: dict[str, Any] = {
             "n": len(labels),
@@ -595,10 +603,7 @@ class _SplitScorer:
                 na: dict[str, str] = {}
                 if len(set(labels.tolist())) < len(self.classes):
                     na["auroc"] = self._na_auroc(labels)
-                if self.positive is not None:
-                    for metric, c in (("sensitivity", self.positive), ("specificity", 1 - self.positive)):
-                        if not np.any(labels == c):
-                            na[metric] = f"no {self.classes[c]} images"
+                na.update(self._na_rates(labels))
                 entry: dict[str, Any] = {
                     "n": len(idx),
                     "counts": {name: int(np.sum(labels == c)) for c, name in enumerate(self.classes)},
@@ -634,10 +639,15 @@ class _SplitScorer:
 
 def _group_order(group: str) -> tuple:
     """Groups in reading order: by the first number in the name when there is one (age bands:
-    "<18" before "18-39" before "65+"), else alphabetically; "unknown" last."""
-    number = re.search(r"\d+(\.\d+)?", group)
-    return (group == "unknown", number is None, float(number.group()) if number else 0.0,
-            not group.startswith("<"), group)
+    "<18" before "18-39" before "65+"), else alphabetically; "unknown" last. The groups of an
+    intersection ("F, <18") are ordered part by part: by the first attribute, then the second."""
+    return (group == "unknown", tuple(_part_order(part) for part in group.split(", ")))
+
+
+def _part_order(part: str) -> tuple:
+    """The sort key of one group name (or one part of an intersection's): see ``_group_order``."""
+    number = re.search(r"\d+(\.\d+)?", part)
+    return (number is None, float(number.group()) if number else 0.0, not part.startswith("<"), part)
 
 
 def _patient_count(patients: Sequence[str | None], n: int) -> int | None:
@@ -700,6 +710,7 @@ def overfitting_check(train_auroc: float | None, val_auroc: float | None, limit:
 
 def size_warnings(split: str, entry: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
     """Plain warnings when ``split`` is too small for its intervals to carry a conclusion."""
+    split = SPLIT_WORDS.get(split, split)
     warnings = []
     small = {name: count for name, count in entry["counts"].items() if count < MIN_PER_CLASS}
     if small:
@@ -754,6 +765,15 @@ def bias_flags(split: str, subgroups: Mapping[str, Any], overall: Mapping[str, A
     return flags, tested
 
 
+def _listing(pairs: Iterable[tuple[str, str]]) -> str:
+    """Group names with a value, for a sentence: "AP 38%, PA 66%"; "F, <18: 100%; F, 18-39: 18%"
+    when a name holds a comma itself (the groups of an intersection), so that it reads as one name."""
+    pairs = list(pairs)
+    if any("," in group for group, _ in pairs):
+        return "; ".join(f"{group}: {value}" for group, value in pairs)
+    return ", ".join(f"{group} {value}" for group, value in pairs)
+
+
 def confounding_flags(split: str, subgroups: Mapping[str, Any], overall: Mapping[str, Any],
                       positive: str) -> list[dict]:
     """A flag for each attribute confounded with the label: the share of the ``positive`` class
@@ -770,8 +790,8 @@ def confounding_flags(split: str, subgroups: Mapping[str, Any], overall: Mapping
                    and not e["gap_ci"]["prevalence"][0] <= 0 <= e["gap_ci"]["prevalence"][1]]
         if len(known) < 2 or not shifted:
             continue
-        shares = ", ".join(f"{g} {e['prevalence']:.0%}" for g, e in known.items())
-        within = ", ".join(f"{g} {e['auroc']:.3f}" for g, e in known.items() if e["auroc"] is not None)
+        shares = _listing((g, f"{e['prevalence']:.0%}") for g, e in known.items())
+        within = _listing((g, f"{e['auroc']:.3f}") for g, e in known.items() if e["auroc"] is not None)
         sentence = (f"The share of {positive} differs by {attribute} ({shares}; the interval of the gap excludes zero): "
                     f"{attribute} is confounded with the label in this set, so a model can learn the {attribute} "
                     "instead of the finding, and the overall AUROC mixes both."
@@ -780,7 +800,7 @@ def confounding_flags(split: str, subgroups: Mapping[str, Any], overall: Mapping
                      if (e.get("ci") or {}).get("score_separation") is not None
                      and not e["ci"]["score_separation"][0] <= 0.5 <= e["ci"]["score_separation"][1]}
         if separated:
-            named = ", ".join(f"{g} {e['score_separation']:.3f}{_interval_text(e['ci']['score_separation'])}"
+            named = _listing((g, f"{e['score_separation']:.3f}{_interval_text(e['ci']['score_separation'])}")
                               for g, e in separated.items())
             sentence += (f" Within each class the model's P({positive}) also tells these {attribute} groups from "
                          f"the rest (AUROC {named}; 0.5 would be no difference): it may be using the {attribute} as "
@@ -829,7 +849,7 @@ def evaluate(classes: Sequence[str], splits: Mapping[str, SplitInputs], settings
                      if settings.bootstrap > 0 else None)
         if resamples is not None and resamples.n_groups < 2:
             resamples = None  # one patient (or image): every resample is the split itself
-            warnings.append(f"The {name} set holds a single {'patient' if any(inputs.patients) else 'image'}: "
+            warnings.append(f"The {SPLIT_WORDS.get(name, name)} set holds a single {'patient' if any(inputs.patients) else 'image'}: "
                             "no interval can be computed.")
         scorer = _SplitScorer(inputs, evaluator, classes, settings, resamples)
         if name == "train":

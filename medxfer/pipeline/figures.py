@@ -387,14 +387,15 @@ def subgroup_forest(
     """Forest plot of AUROC, sensitivity and specificity per attribute and group with their 95 %
     intervals, the overall value (``overall[metric]``) as a dashed vertical line, groups without
     a value shown as "n/a (reason)", and the groups in ``flags`` (bias flags of this split)
-    highlighted. Row labels carry n and the prevalence, so a group's AUROC reads next to its
-    case mix. None when the split has no subgroups."""
+    highlighted; a value without an interval is a hollow marker. Row labels carry n and the
+    prevalence, so a group's AUROC reads next to its case mix. None when the split has no
+    subgroups."""
     rows = _forest_rows(metrics_split.get("subgroups") or {})
     if not rows:
         return None
     flagged = {(f["attribute"], f["group"], f["metric"]) for f in flags}
     flagged_groups = {(attribute, group) for attribute, group, _ in flagged}
-    figure = _figure(11.0, 1.3 + 0.3 * len(rows))
+    figure = _figure(11.0, 1.55 + 0.3 * len(rows))
     axes = figure.subplots(1, len(FOREST_METRICS), sharey=True)
     for ax, metric in zip(axes, FOREST_METRICS, strict=True):
         _forest_panel(ax, rows, metric, overall.get(metric), flagged)
@@ -407,5 +408,6 @@ def subgroup_forest(
             tick.set_color(VERMILLION)
             tick.set_fontweight("bold")
     axes[0].tick_params(axis="y", length=0)
-    figure.suptitle("Subgroups: point and 95 % interval, dashed line at the overall value, flagged gaps as vermillion diamonds")
+    figure.suptitle("Subgroups: point and 95 % interval, dashed line at the overall value, flagged gaps as vermillion "
+                    "diamonds;\nhollow marker: no interval (the group is missing from too many resamples, see the table)")
     return _png(figure)

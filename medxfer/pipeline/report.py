@@ -63,7 +63,7 @@ CALIBRATION_METHODS = {"temperature": "temperature scaling", "vector": "vector s
 # Configuration keys holding paths on the training machine: shown as withheld (the data hash identifies the data).
 PATH_KEYS = {"data": "(path withheld; see the data hash)", "target_data": "(path withheld)", "out": "(path withheld)"}
 NAMED_WEIGHTS = ("imagenet", "random")
-MINUS, EN_DASH, NBSP = "\u2212", "\u2013", "\u00a0"
+MINUS, EN_DASH, NBSP, WORD_JOINER = "\u2212", "\u2013", "\u00a0", "\u2060"
 CSS_PX_PER_INCH = 96
 
 _TEMPLATES = Environment(
@@ -387,8 +387,9 @@ def _subgroup_cell(group: Mapping[str, Any], metric: str, flagged: set[str]) -> 
 
 
 def _unbroken(text: str) -> str:
-    """``text`` with no-break spaces, so that a wrapped line breaks before an interval, not inside it."""
-    return text.replace(" ", NBSP)
+    """``text`` with no-break spaces, and a word joiner after each en dash (a browser may break a
+    line after an en dash), so that a wrapped line breaks before an interval, not inside it."""
+    return text.replace(" ", NBSP).replace(EN_DASH, EN_DASH + WORD_JOINER)
 
 
 def _prevalence_cell(group: Mapping[str, Any]) -> Cell:
@@ -732,7 +733,7 @@ def render_model_card(metrics: Mapping[str, Any], *, config: Mapping[str, Any], 
         "",
         "## Metrics",
         "",
-        f"Intervals: 95 % bootstrap, {md(_bootstrap_text(boot))}.",
+        f"Intervals: bootstrap, {md(_bootstrap_text(boot))}.",
         "",
         *_card_metrics(metrics),
         "",

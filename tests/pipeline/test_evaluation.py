@@ -555,3 +555,56 @@ def test_each_confusion_matrix_cell_has_an_interval_of_its_share_of_the_row(nih_
     for i, row in enumerate(matrix["share_ci"]):
         for j, (low, high) in enumerate(row):
             assert low <= counts[i, j] / counts[i].sum() <= high
+
+
+def test_the_metrics_json_medxfer_train_writes_has_every_key_issue_6_lists(run):
+    """The file itself, as ``medxfer train`` wrote it for a phantom cohort: every listed key present,
+    each a finite number, or null with its reason under the sibling ``na``."""
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    classes = metrics["classes"]
+    paths = [key.format(split=split) for split in ("val", "test") for key in SPLIT_KEYS]
+    paths += [key.format(split=split, name=name) for split in ("val", "test") for name in classes for key in CLASS_KEYS]
+    for split in ("val", "test"):
+        subgroups = metrics[split]["subgroups"]
+        assert "sex" in subgroups, sorted(subgroups)  # the phantom headers record sex, age and view
+        paths += [key.format(split=split, attribute=attribute, group=group)
+                  for attribute, groups in subgroups.items() for group in groups for key in GROUP_KEYS]
+    for path in (*paths, *RUN_KEYS):
+        value = lookup(metrics, path)
+        parent, _, name = path.rpartition(".")
+        if path == "bias.flags":
+            assert isinstance(value, list)
+        elif path == "overfitting.flag":
+            assert isinstance(value, bool)
+        elif value is None:
+            assert lookup(metrics, parent)["na"][name], path
+        else:
+            assert isinstance(value, (int, float)) and np.isfinite(value), (path, value)
+
+
+def test_a_three_class_group_with_one_class_says_why_it_has_no_specificity():
+    test = three_class_split(300, 51)
+    meta = [{"site": "B" if label == 0 else "A"} for label in test.labels]
+    splits = {"val": three_class_split(300, 52), "test": SplitInputs(test.labels, test.logits, meta=meta)}
+    metrics = evaluate(THREE_CLASSES, splits, FAST).metrics
+    only_bacterial = metrics["test"]["subgroups"]["site"]["B"]
+    assert only_bacterial["specificity"] is None  # a macro average with no true negative anywhere
+    assert only_bacterial["na"]["specificity"] == "one class only (all bacterial)"
+    assert only_bacterial["sensitivity"] is not None and "sensitivity" not in only_bacterial["na"]
+    assert "specificity" not in metrics["test"]["subgroups"]["site"]["A"]["na"]
+
+
+def test_intersection_groups_are_listed_by_the_first_attribute_then_the_second():
+    meta = [{"sex": sex, "age": age} for sex in ("M", "F") for age in (70, 10, 30, 50)] * 25
+    test = binary_split(200, 53, meta=meta)
+    settings = EvaluationSettings(bootstrap=0, intersections=("sex x age_band",))
+    metrics = evaluate(CLASSES, {"val": binary_split(100, 54), "test": test}, settings).metrics
+    assert list(metrics["test"]["subgroups"]["sex x age_band"]) == [
+        "F, <18", "F, 18-39", "F, 40-64", "F, 65+", "M, <18", "M, 18-39", "M, 40-64", "M, 65+"]
+
+
+def test_warnings_name_the_validation_split_in_words():
+    val = binary_split(60, 55, prevalence=0.2)
+    warnings = evaluate(CLASSES, {"val": val, "test": binary_split(300, 56)}, FAST).metrics["warnings"]
+    assert any(w.startswith("The validation set holds only") for w in warnings), warnings
+    assert not any("val set" in w or "val AUROC" in w for w in warnings), warnings

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import csv
 import itertools
 import re
 import struct
@@ -16,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from medxfer.pipeline.evaluation import SplitScores
@@ -373,3 +375,35 @@ def test_a_bias_check_that_tested_nothing_does_not_say_ok(tmp_path):
     page = Page(_write(tmp_path, metrics))
     assert "Subgroups not checked" in page.visible and "bootstrap is 0" in page.visible
     assert "No flags" not in page.visible
+
+
+def test_a_training_run_writes_no_identifier_of_its_own_patients(run, cohort):
+    """The phantom cohort's DICOM headers carry synthetic names, ids, birth dates and accession
+    numbers, and its manifest the patient ids: none reaches the run's report, card or metrics."""
+    identifiers = set()
+    for path in (cohort.root / "images").rglob("*.dcm"):
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        identifiers |= {str(header.PatientName), str(header.PatientID), str(header.PatientBirthDate),
+                        str(header.AccessionNumber)}
+    with open(cohort.manifest, newline="", encoding="utf-8") as handle:
+        identifiers |= {row["patient_id"] for row in csv.DictReader(handle)}
+    identifiers.discard("")
+    assert len(identifiers) > 40
+    for name in (REPORT_FILE, MODEL_CARD_FILE, "metrics.json", "calibration.json"):
+        text = (run / name).read_text(encoding="utf-8")
+        leaked = sorted(i for i in identifiers if i in text)
+        assert not leaked, f"{name} holds {leaked[:3]}"
+
+
+def test_an_interval_under_a_gap_does_not_break_after_its_en_dash(tmp_path):
+    metrics = binary_metrics()
+    metrics["test"]["subgroups"]["sex"]["F"]["gap"]["ece"] = 0.243
+    metrics["test"]["subgroups"]["sex"]["F"]["gap_ci"]["ece"] = [0.108, 0.388]
+    html = _write(tmp_path, metrics)
+    assert "gap +0.243 (0.108\u2013\u20600.388)" in html  # a word joiner holds the interval together
+
+
+def test_the_overfitting_section_says_what_each_train_auroc_measures(binary_html):
+    section = Page(binary_html[binary_html.index('id="overfitting"'):binary_html.index('id="subgroups"')]).visible
+    assert "kept weights on the plain, un-augmented training images" in section
+    assert "measured during each epoch, on augmented images" in section
