@@ -18,6 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf demo-output
 	$(BIN)/python -m medxfer demo --out demo-output
 
 test: $(STAMP)

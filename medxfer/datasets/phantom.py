@@ -26,6 +26,7 @@ import datetime as dt
 import gzip
 import hashlib
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -560,32 +561,46 @@ def _write_volume(rng: np.random.Generator, path: Path) -> Path:
     return atomic_write_bytes(path, gzip.compress(image.to_bytes(), mtime=0))
 
 
-def generate_cohort(out_dir: str | Path, *, n_patients: int = 80, seed: int = 0, n_volumes: int = 3) -> CohortSummary:
+def _site_profiles(names: Sequence[str] | None) -> tuple[SiteProfile, ...]:
+    if names is None:
+        return SITES
+    known = {site.name: site for site in SITES}
+    unknown = [name for name in names if name not in known]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"sites must be distinct names from {', '.join(known)}, got {list(names)}")
+    return tuple(known[name] for name in names)
+
+
+def generate_cohort(out_dir: str | Path, *, n_patients: int = 80, seed: int = 0, n_volumes: int = 3,
+                    sites: Sequence[str] | None = None) -> CohortSummary:
     """Write a deterministic three-site phantom cohort under ``out_dir`` and summarise it.
 
     Each patient has one site, a sex, an age (18 to 90 years) and 1 to 3 images (follow-ups keep
     the patient's label with probability 0.8). Labels are balanced across patients and drawn
     independently of site and view. Same ``seed`` gives byte-identical files. Files already under
     ``out_dir`` are overwritten when their names match and left alone otherwise, so write into an
-    empty or new folder. Every file is written atomically.
+    empty or new folder. Every file is written atomically. ``sites``: names from ``SITES`` that
+    patients are spread over in turn (default: all three; ``("site-a", "site-b")`` gives the
+    two-site cohort of the demo and the domain-shift notebook).
 
-    Raises ``ValueError`` when ``n_patients`` is below 1, ``n_volumes`` below 0 or ``seed``
-    negative, and ``TypeError`` when one of them is not an integer.
+    Raises ``ValueError`` when ``n_patients`` is below 1, ``n_volumes`` below 0, ``seed``
+    negative or a site unknown, and ``TypeError`` when a count is not an integer.
     """
     for name, value, low in (("n_patients", n_patients, 1), ("n_volumes", n_volumes, 0), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"{name} must be an integer, got {value!r}")
         if value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
+    profiles = _site_profiles(sites)
     root = Path(out_dir)
     seeds = np.random.SeedSequence(seed).spawn(n_patients + n_volumes + 1)
     assign = np.random.default_rng(seeds[0])
     base_labels = assign.permutation(np.arange(n_patients) % len(LABELS))
-    sites = assign.permutation(np.arange(n_patients) % len(SITES))
+    site_of = assign.permutation(np.arange(n_patients) % len(profiles))
     rows: list[tuple[str, str, str]] = []
     for index in range(n_patients):
         rows += _write_patient(np.random.default_rng(seeds[1 + index]), root, index=index, seed=seed,
-                               site=SITES[sites[index]], base_label=LABELS[base_labels[index]],
+                               site=profiles[site_of[index]], base_label=LABELS[base_labels[index]],
                                first_image=len(rows))
     rows.sort()
     text = io.StringIO()
@@ -603,6 +618,94 @@ def generate_cohort(out_dir: str | Path, *, n_patients: int = 80, seed: int = 0,
         n_images=len(rows),
         n_patients=n_patients,
         label_counts={label: sum(row[1] == label for row in rows) for label in LABELS},
-        site_counts={site.name: sum(row[0].startswith(f"images/{site.name}/") for row in rows) for site in SITES},
+        site_counts={site.name: sum(row[0].startswith(f"images/{site.name}/") for row in rows) for site in profiles},
         volumes=volumes,
     )
+
+
+# --------------------------------------------------------------------------- studies built on a cohort
+
+
+@dataclass(frozen=True)
+class SiteStudy:
+    """The manifests of a domain-shift study on a cohort, written beside its ``manifest.csv``.
+
+    ``source``: every labelled scan of the source site (to train on; ``medxfer train`` splits it
+    by patient). ``target_unlabelled``: the target site's scans of one share of its patients,
+    ``path`` only (what ``target_data`` takes for AdaBN or DANN). ``target_test``: the labelled
+    scans of the target site's other patients, never seen during adaptation (for
+    ``medxfer evaluate``). Counts are images.
+    """
+
+    source: Path
+    target_unlabelled: Path
+    target_test: Path
+    n_source: int
+    n_target_unlabelled: int
+    n_target_test: int
+
+
+def _write_manifest(path: Path, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> Path:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, text.getvalue())
+
+
+def write_site_study(cohort: CohortSummary, *, source: str = "site-a", target: str = "site-b",
+                     adapt_fraction: float = 0.5, seed: int = 0) -> SiteStudy:
+    """Split a cohort into a source site and a target site whose patients are divided, at random
+    (``seed``), into ``adapt_fraction`` of them for unlabelled adaptation and the rest for testing,
+    so that no patient is in two roles. Writes ``manifest-<source>.csv``,
+    ``manifest-<target>-unlabelled.csv`` and ``manifest-<target>-test.csv`` beside the cohort's
+    manifest (atomically). Raises ``ValueError`` for a site without scans or a fraction that
+    leaves either role without patients."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    with open(cohort.manifest, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    by_site = {name: [row for row in rows if row["path"].startswith(f"images/{name}/")] for name in (source, target)}
+    for name, site_rows in by_site.items():
+        if not site_rows:
+            raise ValueError(f"{cohort.manifest}: no scans of {name!r} (sites here: {', '.join(cohort.site_counts)})")
+    target_rows = by_site[target]
+    patients = np.array([row["patient_id"] for row in target_rows])
+    if not 0.0 < adapt_fraction < 1.0 or len(set(patients)) < 2:
+        raise ValueError(f"adapt_fraction must be between 0 and 1 and {target!r} needs at least 2 patients, "
+                         f"got {adapt_fraction} and {len(set(patients))}")
+    splitter = GroupShuffleSplit(n_splits=1, train_size=adapt_fraction, random_state=seed)
+    adapt, test = next(splitter.split(np.zeros(len(patients)), groups=patients))
+    labelled = ("path", "label", "patient_id")
+    root = cohort.manifest.parent
+    return SiteStudy(
+        source=_write_manifest(root / f"manifest-{source}.csv", labelled, by_site[source]),
+        target_unlabelled=_write_manifest(root / f"manifest-{target}-unlabelled.csv", ("path",),
+                                          [target_rows[i] for i in sorted(adapt)]),
+        target_test=_write_manifest(root / f"manifest-{target}-test.csv", labelled,
+                                    [target_rows[i] for i in sorted(test)]),
+        n_source=len(by_site[source]),
+        n_target_unlabelled=len(adapt),
+        n_target_test=len(test),
+    )
+
+
+BROKEN_FILES = {
+    "empty.dcm": "an empty file",
+    "truncated.dcm": "a DICOM file cut off after 500 bytes",
+    "random.dcm": "3,000 random bytes named like a DICOM file",
+    "notes.txt": "a text file",
+}
+
+
+def write_broken_files(folder: str | Path, sample: str | Path, *, seed: int = 0) -> list[Path]:
+    """Write the files of ``BROKEN_FILES`` into ``folder``, the truncated one cut from the DICOM
+    file ``sample``; what a PACS export mixes in among good scans. Returns their paths."""
+    folder, sample = Path(folder), Path(sample)
+    content = {
+        "empty.dcm": b"",
+        "truncated.dcm": sample.read_bytes()[:500],
+        "random.dcm": np.random.default_rng(seed).bytes(3000),
+        "notes.txt": b"not an image at all\n",
+    }
+    return [atomic_write_bytes(folder / name, data) for name, data in content.items()]

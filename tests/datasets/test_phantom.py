@@ -18,12 +18,15 @@ from pydicom.pixels import apply_modality_lut, apply_windowing
 from sklearn.metrics import roc_auc_score
 
 from medxfer.datasets.phantom import (
+    BROKEN_FILES,
     LABELS,
     SITES,
     CohortSummary,
     encode_dicom,
     generate_cohort,
     render_chest,
+    write_broken_files,
+    write_site_study,
 )
 
 SHAPE = (256, 256)  # rendered size for the image-statistics tests; 128 px per anatomical unit
@@ -353,3 +356,51 @@ def test_opacity_label_is_learnable_from_lung_brightness() -> None:
 
 def test_global_brightness_alone_does_not_give_the_label_away() -> None:
     assert 0.3 < _auroc_of(lambda image: float(image.mean())) < 0.75
+
+
+def test_a_two_site_cohort_holds_only_the_sites_named(tmp_path: Path) -> None:
+    summary = generate_cohort(tmp_path / "two", n_patients=12, seed=0, n_volumes=0, sites=("site-a", "site-b"))
+    folders = {p.parent.name for p in (summary.root / "images").rglob("*.dcm")}
+    assert folders == set(summary.site_counts) == {"site-a", "site-b"}
+    assert sum(summary.site_counts.values()) == summary.n_images and min(summary.site_counts.values()) > 0
+
+
+def test_unknown_or_repeated_sites_are_refused_before_writing(tmp_path: Path) -> None:
+    for sites in (("site-a", "site-z"), ("site-a", "site-a"), ()):
+        with pytest.raises(ValueError, match="sites must be"):
+            generate_cohort(tmp_path / "bad", n_patients=4, n_volumes=0, sites=sites)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_site_study_gives_every_target_patient_one_role(tmp_path: Path) -> None:
+    cohort = generate_cohort(tmp_path / "c", n_patients=30, seed=4, n_volumes=0, sites=("site-a", "site-b"))
+    study = write_site_study(cohort, seed=1)
+
+    def rows(path: Path) -> list[dict[str, str]]:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+
+    with open(cohort.manifest, newline="", encoding="utf-8") as handle:
+        patient_of = {row["path"]: row["patient_id"] for row in csv.DictReader(handle)}
+    source, unlabelled, test = rows(study.source), rows(study.target_unlabelled), rows(study.target_test)
+    assert all(row["path"].startswith("images/site-a/") for row in source) and len(source) == study.n_source
+    assert list(unlabelled[0]) == ["path"] and len(unlabelled) == study.n_target_unlabelled
+    assert {"label", "patient_id"} <= set(test[0]) and len(test) == study.n_target_test
+    adapt_patients = {patient_of[row["path"]] for row in unlabelled}
+    test_patients = {row["patient_id"] for row in test}
+    assert adapt_patients and test_patients and adapt_patients.isdisjoint(test_patients)
+    assert len(unlabelled) + len(test) == cohort.site_counts["site-b"]
+    with pytest.raises(ValueError, match="no scans of 'site-c'"):
+        write_site_study(cohort, target="site-c")
+
+
+def test_broken_files_are_each_unreadable_with_a_reason(tmp_path: Path, cohort: CohortSummary) -> None:
+    from medxfer.datasets.reader import read_scan
+    from medxfer.datasets.scan import UnreadableScanError
+
+    written = write_broken_files(tmp_path, next(cohort.root.rglob("*.dcm")))
+    assert sorted(p.name for p in written) == sorted(BROKEN_FILES)
+    for path in written:
+        with pytest.raises(UnreadableScanError) as caught:
+            read_scan(path)
+        assert caught.value.reason

@@ -153,12 +153,12 @@ def test_top_level_help_lists_subcommands_and_version():
     assert run("--version").stdout.strip().startswith("medxfer ")
 
 
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_into_a_folder_that_is_not_empty_is_a_clear_error(tmp_path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "keep.txt").write_text("mine")
     result = run("demo", "--out", str(tmp_path / "demo"), "--patients", "20")
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "demo" / "splits.csv").is_file()
-    assert Image.open(tmp_path / "demo" / "augment-preview.png").format == "PNG"
-    assert "demo finished" in result.stdout
+    assert result.returncode == 1 and "not empty" in result.stderr and "Traceback" not in result.stderr
+    assert [p.name for p in (tmp_path / "demo").iterdir()] == ["keep.txt"]
 
 
 def test_missing_path_is_a_clear_error(tmp_path):
