@@ -193,7 +193,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from medxfer.pipeline.inference import predict_scans
 
     predict_scans(args.run_dir, args.scans, args.out, batch_size=args.batch_size, workers=args.workers,
-                  device=args.device, threshold=args.threshold, chunk=args.chunk)
+                  device=args.device, threshold=args.threshold, slices=args.slices,
+                  slice_aggregate=args.slice_aggregate, chunk=args.chunk)
     return 0
 
 
@@ -378,13 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a finished medxfer train run directory")
     p.add_argument("scans", type=Path, help="folder of scans (DICOM, NIfTI, PNG/JPEG/TIFF) or CSV manifest")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="output CSV (default: predictions.csv)")
-    p.add_argument("--batch-size", type=positive, default=32, help="scans per batch (default: 32)")
+    p.add_argument("--batch-size", type=positive, default=32, help="images per network batch (default: 32)")
     p.add_argument("--workers", type=lambda t: t if t == "auto" else count(t), default="auto",
                    help="decoding processes (default: auto, at least 1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--threshold", type=_threshold, default="validated",
                    help="'validated' (the run's, chosen on its validation split) or a probability for the "
                         "positive class (default: validated)")
+    p.add_argument("--slices", action="store_true",
+                   help="score every slice of a volume (NIfTI, multi-frame DICOM) instead of the one 2D image "
+                        "training made of it; one row per volume in OUT (the slices aggregated), one per slice "
+                        "in OUT.slices.csv")
+    p.add_argument("--slice-aggregate", choices=("mean", "max"), default="mean",
+                   help="with --slices: a volume's probabilities are the mean over its slices, or (two classes) "
+                        "those of the slice with the highest probability of the positive class (default: mean)")
     p.add_argument("--chunk", type=positive, default=256,
                    help="scans per part file written to OUT.parts/ while the job runs (default: 256)")
     p.set_defaults(func=cmd_predict)

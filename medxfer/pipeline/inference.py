@@ -16,6 +16,15 @@ one row per scan, then removes the parts. Under ``torchrun`` each process takes 
 and writes its own parts; process 0 merges. Memory does not grow with the number of scans beyond
 the file list and the CSV text (about 150 bytes per scan): images are decoded batch by batch in
 DataLoader workers while the network runs, and rows go to disk chunk by chunk.
+
+Volumes (NIfTI, multi-frame DICOM) are reduced to one 2D image as in training by default. With
+``slices=True`` (``--slices``) every slice is scored instead, as the run's volume strategy
+builds it around that slice ("middle" or "2.5d"), and the volume keeps one row in the
+predictions, holding the per-slice calibrated probabilities aggregated (``mean``, or ``max`` of
+the positive class for two classes) with the threshold applied to the aggregate; the slices'
+own rows go to ``<out stem>.slices.csv``. The settings that shape the rows (model, calibration,
+threshold, slices, aggregate) are recorded with the parts and in the sidecar: a rerun with
+other settings is refused rather than mixing rows of two different jobs.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import torch
 from medxfer import __version__
 from medxfer.datasets.sources import iter_files, read_manifest_rows
 from medxfer.files import atomic_write_text
-from medxfer.pipeline.decoding import DecodeSettings, prepared_batches
+from medxfer.pipeline.decoding import SLICE_STRATEGIES, DecodeSettings, prepared_batches
 from medxfer.pipeline.distributed import Distributed
 from medxfer.pipeline.evaluation import Evaluator
 from medxfer.pipeline.external import CONFIG_FILE, check_run, load_evaluator
@@ -48,7 +57,9 @@ from medxfer.pipeline.training import resolve_device, resolve_workers
 
 META_COLUMNS = ("modality", "view", "study_key")  # non-identifying facts kept per row
 CHUNK = 256  # scans per part file
-PART_COLUMNS = ("index", "path", "status", "reason")
+PART_COLUMNS = ("index", "path", "slice", "status", "reason")
+SLICE_AGGREGATES = ("mean", "max")
+SETTINGS_FILE = "settings.json"  # in the parts folder: what the rows were computed with
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,11 @@ class NoScansError(ValueError):
 def errors_path(out: Path) -> Path:
     """``predictions.csv`` -> ``predictions.errors.csv``."""
     return out.with_name(out.stem + ".errors" + out.suffix)
+
+
+def slices_path(out: Path) -> Path:
+    """``predictions.csv`` -> ``predictions.slices.csv`` (per-slice rows of ``--slices``)."""
+    return out.with_name(out.stem + ".slices" + out.suffix)
 
 
 def list_scans(scans: Path) -> tuple[Path, list[Path], list[tuple[Path, str]]]:
@@ -103,11 +119,24 @@ class _Parts:
 
     def __init__(self, out: Path, classes: Sequence[str]) -> None:
         self.folder = out.with_name(out.name + ".parts")
-        self.columns = [*PART_COLUMNS, *[f"p_{c}" for c in classes], "predicted", *META_COLUMNS]
+        self.columns = [*PART_COLUMNS, *[f"p_{c}" for c in classes], "predicted", "slices", *META_COLUMNS]
 
     def done(self) -> set[str]:
-        """Paths (relative) already in a part file."""
-        return {row["path"] for part in self.files() for row in self.read(part)}
+        """Paths (relative) of the scans already in a part file (a scan's row is written with
+        its slices' rows, in one part)."""
+        return {row["path"] for part in self.files() for row in self.read(part) if row["status"] != "slice"}
+
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        """Refuse to add rows computed with other ``settings`` to parts left by an earlier job;
+        record them when this job starts the parts."""
+        path = self.folder / SETTINGS_FILE
+        if path.is_file():
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+            _same_settings(earlier, settings, f"{self.folder} (the parts of an interrupted job)",
+                           f"or delete {self.folder} to start again")
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
 
     def files(self) -> list[Path]:
         return sorted(self.folder.glob("rank*.csv")) if self.folder.is_dir() else []
@@ -126,13 +155,24 @@ class _Parts:
         atomic_write_text(self.folder / f"rank{rank}-{number:06d}.csv", buffer.getvalue())
 
 
-def _earlier_rows(out: Path, errors: Path) -> Iterator[dict[str, str]]:
+def _earlier_rows(out: Path) -> Iterator[dict[str, str]]:
     """The rows of an earlier complete output, as part rows (index filled in later)."""
-    for path, status in ((out, "ok"), (errors, "error")):
+    for path, status in ((out, "ok"), (errors_path(out), "error"), (slices_path(out), "slice")):
         if path.is_file():
             with open(path, newline="", encoding="utf-8") as handle:
                 for row in csv.DictReader(handle):
-                    yield {**row, "status": status}
+                    yield {"slice": "", **row, "status": status}
+
+
+def _same_settings(earlier: dict[str, Any], settings: dict[str, Any], where: str, remedy: str) -> None:
+    """Raise ValueError naming each setting of ``settings`` that ``earlier`` recorded otherwise."""
+    defaults = {"slices": False, "slice_aggregate": None}  # sidecars written before --slices existed
+    changed = [f"{key} {earlier.get(key, defaults.get(key))!r} there, {value!r} now" for key, value in settings.items()
+               if earlier.get(key, defaults.get(key)) != value]
+    if changed:
+        raise ValueError(f"{where} was written with other settings ({'; '.join(changed)}): its rows cannot be "
+                         f"mixed with this job's. Rerun with the same run and options, write to another --out, "
+                         f"{remedy}")
 
 
 def _file_hash(path: Path) -> str:
@@ -152,15 +192,25 @@ def _threshold(evaluator: Evaluator, threshold: str | float) -> float | None:
 
 def predict_scans(run_dir: str | Path, scans: str | Path, out: str | Path, *, batch_size: int = 32,
                   workers: int | str = "auto", device: str = "auto", threshold: str | float = "validated",
-                  chunk: int = CHUNK, log: Callable[[str], None] = print) -> PredictSummary:
+                  slices: bool = False, slice_aggregate: str = "mean", chunk: int = CHUNK,
+                  log: Callable[[str], None] = print) -> PredictSummary:
     """Predict every scan under ``scans`` (folder or manifest) with the finished run ``run_dir``
     and write ``out`` (CSV), its ``.errors.csv`` and its ``.json`` sidecar; see the module
     docstring for resume and ``torchrun``. ``threshold``: "validated" (the run's) or a
-    probability for the positive class; ``chunk``: scans per part file (what a crash can lose)."""
+    probability for the positive class; ``batch_size``: images per network call;
+    ``slices``: score every slice of a volume and aggregate them per volume with
+    ``slice_aggregate`` ("mean" of the calibrated probabilities, or "max" of the positive
+    class's for two classes), writing the slices to ``.slices.csv``; ``chunk``: scans per part
+    file (what a crash can lose)."""
     run_dir, scans, out = Path(run_dir), Path(scans), Path(out)
     check_run(run_dir)
     evaluator = load_evaluator(run_dir)
     cut = _threshold(evaluator, threshold)
+    if slice_aggregate not in SLICE_AGGREGATES:
+        raise ValueError(f"--slice-aggregate must be one of {', '.join(SLICE_AGGREGATES)}, got {slice_aggregate!r}")
+    if slices and slice_aggregate == "max" and evaluator.positive_ is None:
+        raise ValueError("--slice-aggregate max takes the most suspicious slice of a two-class model; "
+                         "this one has more classes: use mean")
     root, files, unlisted = list_scans(scans)
     if not files and not unlisted:
         raise NoScansError(f"{scans}: no files to predict")
@@ -171,65 +221,153 @@ def predict_scans(run_dir: str | Path, scans: str | Path, out: str | Path, *, ba
     try:
         return _predict(run_dir, root, files, unlisted, out, evaluator, cut, batch_size,
                         max(1, resolve_workers(workers)) if workers == "auto" else int(workers),
-                        torch_device, dist, chunk, log)
+                        torch_device, dist, chunk, slice_aggregate if slices else None, log)
     finally:
         dist.close()
 
 
 def _predict(run_dir: Path, root: Path, files: list[Path], unlisted: list[tuple[Path, str]], out: Path,
              evaluator: Evaluator, cut: float | None, batch_size: int, workers: int, device: torch.device,
-             dist: Distributed, chunk: int, log: Callable[[str], None]) -> PredictSummary:
+             dist: Distributed, chunk: int, aggregate: str | None, log: Callable[[str], None]) -> PredictSummary:
     model, spec, recipe = load_model(run_dir)
     classes = list(recipe["classes"])
     model.to(device).eval()
-    settings = DecodeSettings(spec, recipe.get("window", "default"), recipe.get("volume_strategy", "middle"))
+    decode = DecodeSettings(spec, recipe.get("window", "default"), recipe.get("volume_strategy", "middle"))
+    if aggregate and decode.volume_strategy not in SLICE_STRATEGIES:
+        raise ValueError(f"{run_dir}: --slices needs a run trained with volume_strategy "
+                         f"{' or '.join(SLICE_STRATEGIES)}; this one used {decode.volume_strategy!r} (whole "
+                         "volumes), so single slices are not what it learned from")
+    job = {"model_sha256": recipe["weights_sha256"], "calibration_sha256": _file_hash(run_dir / CALIBRATION_FILE),
+           "threshold": cut, "slices": aggregate is not None, "slice_aggregate": aggregate}
     errors = errors_path(out)
+    sidecar = out.with_suffix(".json")
+    if out.is_file() and sidecar.is_file():
+        _same_settings(json.loads(sidecar.read_text(encoding="utf-8")), job, f"{out}",
+                       "or delete it (and its .errors.csv, .slices.csv and .json) to predict every scan again")
     parts = _Parts(out, classes)
+    if dist.is_main:
+        parts.check_settings(job)
+    dist.barrier()
     relative = [_relative(p, root) for p in files]
-    done = parts.done() | {row["path"] for row in _earlier_rows(out, errors)}
+    done = parts.done() | {row["path"] for row in _earlier_rows(out) if row["status"] != "slice"}
     todo = [i for i in dist.shard(len(files)) if relative[i] not in done]
     already = sum(1 for i in dist.shard(len(files)) if relative[i] in done)
     if dist.is_main:
         log(f"predicting {len(files)} scan(s) under {root} with {run_dir.name}: {len(done & set(relative))} already "
-            f"done, {workers} decoding worker(s), {device}" + (f" x {dist.world_size}" if dist.enabled else ""))
-    loader = prepared_batches(files, todo, settings, batch_size=batch_size, workers=workers)
+            f"done, {workers} decoding worker(s), {device}" + (f" x {dist.world_size}" if dist.enabled else "")
+            + (f", every slice of a volume ({aggregate} per volume)" if aggregate else ""))
+    loader = prepared_batches(files, todo, decode, batch_size=batch_size, workers=workers, slices=aggregate is not None)
+    scorer = _Scorer(model, evaluator, device, batch_size)
     predicted = failed = 0
+    queue: list[_Item] = []
     pending: list[dict[str, Any]] = []
     with torch.no_grad():
         for batch in loader:
-            good = [item for item in batch if item[1] is not None]
-            probabilities = np.empty((0, len(classes)))
-            if good:
-                x = torch.stack([item[1] for item in good]).to(device)
-                probabilities = evaluator.predict_proba(model(x).float().cpu().numpy().astype(np.float64))
-            labels = _labels(evaluator, probabilities, cut)
-            scored = {item[0]: (p, label) for item, p, label in zip(good, probabilities, labels, strict=True)}
-            for index, _, meta, reason in batch:
-                row: dict[str, Any] = {"index": index, "path": relative[index]}
-                if index in scored:
-                    p, label = scored[index]
-                    row.update(status="ok", predicted=classes[label], **{f"p_{c}": f"{v:.6f}" for c, v in
-                                                                         zip(classes, p, strict=True)})
-                    row.update({k: "" if meta.get(k) is None else meta[k] for k in META_COLUMNS})
-                    predicted += 1
-                else:
-                    row.update(status="error", reason=reason)
-                    failed += 1
-                pending.append(row)
-            if len(pending) >= chunk:
+            queue += [_Item(*item) for item in batch]
+            if sum(len(item.images) for item in queue if item.images is not None) < batch_size:
+                continue  # too few images for a full network batch yet (slices: one file per loader batch)
+            rows = _rows(queue, scorer.score(queue), relative, classes, evaluator, cut, aggregate)
+            predicted += sum(row["status"] == "ok" for row in rows)
+            failed += sum(row["status"] == "error" for row in rows)
+            pending += rows
+            queue = []
+            if sum(row["status"] != "slice" for row in pending) >= chunk:
                 parts.write(dist.rank, pending)
                 pending = []
+        if queue:
+            rows = _rows(queue, scorer.score(queue), relative, classes, evaluator, cut, aggregate)
+            predicted += sum(row["status"] == "ok" for row in rows)
+            failed += sum(row["status"] == "error" for row in rows)
+            pending += rows
         if pending:
             parts.write(dist.rank, pending)
     dist.barrier()
-    summary = PredictSummary(predicted, failed, already, out, errors, out.with_suffix(".json"))
+    summary = PredictSummary(predicted, failed, already, out, errors, sidecar)
     if dist.is_main:
-        rows, unreadable = _merge(out, errors, parts, relative, unlisted, root, recipe, run_dir, evaluator, cut,
-                                  device)
-        log(f"{rows} scan(s) predicted, {unreadable} could not be read"
+        rows_written, unreadable = _merge(out, parts, relative, unlisted, root, recipe, run_dir, evaluator, job,
+                                          device)
+        log(f"{rows_written} scan(s) predicted, {unreadable} could not be read"
             + (f" (listed in {errors})" if unreadable else "") + f": {out}")
     dist.barrier()
     return summary
+
+
+@dataclass
+class _Item:
+    """One file from the loader: its index in the file list, its images ((n, C, S, S), one per
+    slice with ``--slices``, else n = 1) or None with the ``reason`` it cannot be read, its
+    metadata, and the slice numbers (None: a 2D scan, or a volume reduced to one image)."""
+
+    index: int
+    images: torch.Tensor | None
+    meta: dict
+    reason: str | None
+    slices: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.images is not None and self.slices is None and self.images.dim() == 3:
+            self.images = self.images.unsqueeze(0)  # PreparedScans gives one (C, S, S) image
+
+
+class _Scorer:
+    """The network and the run's calibration: calibrated probabilities of the images of several
+    files, run through the network ``batch_size`` images at a time."""
+
+    def __init__(self, model: torch.nn.Module, evaluator: Evaluator, device: torch.device, batch_size: int) -> None:
+        self.model, self.evaluator, self.device, self.batch_size = model, evaluator, device, batch_size
+
+    def score(self, items: Sequence[_Item]) -> list[np.ndarray | None]:
+        """Per item, its images' calibrated probabilities (n, K), or None for an unreadable file."""
+        stacks = [item.images for item in items if item.images is not None]
+        if not stacks:
+            return [None] * len(items)
+        images = torch.cat(stacks)
+        logits = [self.model(images[i:i + self.batch_size].to(self.device)).float().cpu()
+                  for i in range(0, len(images), self.batch_size)]
+        probabilities = self.evaluator.predict_proba(torch.cat(logits).numpy().astype(np.float64))
+        result: list[np.ndarray | None] = []
+        start = 0
+        for item in items:
+            if item.images is None:
+                result.append(None)
+            else:
+                result.append(probabilities[start:start + len(item.images)])
+                start += len(item.images)
+        return result
+
+
+def _rows(items: Sequence[_Item], probabilities: Sequence[np.ndarray | None], relative: list[str],
+          classes: list[str], evaluator: Evaluator, cut: float | None, aggregate: str | None) -> list[dict[str, Any]]:
+    """Part rows of ``items``: per file its row ("ok" or "error"), and with ``aggregate`` the
+    rows of a volume's slices ("slice") after it."""
+    rows: list[dict[str, Any]] = []
+    for item, p in zip(items, probabilities, strict=True):
+        row: dict[str, Any] = {"index": item.index, "path": relative[item.index], "slice": ""}
+        if p is None:
+            rows.append({**row, "status": "error", "reason": item.reason})
+            continue
+        combined = _aggregate(p, aggregate, evaluator.positive_)
+        rows.append({**row, "status": "ok", **_scores(combined, classes, evaluator, cut),
+                     **{k: "" if item.meta.get(k) is None else item.meta[k] for k in META_COLUMNS},
+                     **({"slices": len(p)} if aggregate else {})})
+        for number, slice_p in zip(item.slices or [], p, strict=False):
+            rows.append({"index": item.index, "path": relative[item.index], "slice": number, "status": "slice",
+                         **_scores(slice_p, classes, evaluator, cut)})
+    return rows
+
+
+def _aggregate(probabilities: np.ndarray, aggregate: str | None, positive: int | None) -> np.ndarray:
+    """One probability vector from a file's (n, K) calibrated probabilities: the mean over the
+    slices, or for "max" the slice with the highest probability of the ``positive`` class."""
+    if aggregate == "max" and positive is not None:
+        return probabilities[int(np.argmax(probabilities[:, positive]))]
+    return probabilities.mean(axis=0)
+
+
+def _scores(p: np.ndarray, classes: list[str], evaluator: Evaluator, cut: float | None) -> dict[str, str]:
+    """The probability columns and the predicted label of one probability vector."""
+    label = _labels(evaluator, p[None, :], cut)[0]
+    return {"predicted": classes[label], **{f"p_{c}": f"{v:.6f}" for c, v in zip(classes, p, strict=True)}}
 
 
 def _labels(evaluator: Evaluator, probabilities: np.ndarray, cut: float | None) -> np.ndarray:
@@ -239,49 +377,52 @@ def _labels(evaluator: Evaluator, probabilities: np.ndarray, cut: float | None) 
     return np.where(probabilities[:, positive] >= cut, positive, 1 - positive)
 
 
-def _merge(out: Path, errors: Path, parts: _Parts, relative: list[str], unlisted: list[tuple[Path, str]],
-           root: Path, recipe: dict[str, Any], run_dir: Path, evaluator: Evaluator, cut: float | None,
+def _order(row: dict[str, Any]) -> tuple[int, int]:
+    """Merge order: by scan, a scan's own row before its slices, slices by number."""
+    return row["index"], -1 if row["slice"] == "" else int(row["slice"])
+
+
+def _merge(out: Path, parts: _Parts, relative: list[str], unlisted: list[tuple[Path, str]], root: Path,
+           recipe: dict[str, Any], run_dir: Path, evaluator: Evaluator, job: dict[str, Any],
            device: torch.device) -> tuple[int, int]:
     """One row per scan, in the order of the file list: parts and earlier output merged
     (streaming), written atomically, then the sidecar; the parts are removed last. Returns the
     rows written to the predictions and to the errors file."""
     classes = list(recipe["classes"])
     position = {path: i for i, path in enumerate(relative)}
-    earlier = [{**row, "index": position[row["path"]]} for row in _earlier_rows(out, errors)
-               if row["path"] in position]
+    earlier = [{**row, "index": position[row["path"]]} for row in _earlier_rows(out) if row["path"] in position]
     streams = [parts.read(part) for part in parts.files()]
-    merged = heapq.merge(sorted(earlier, key=lambda r: r["index"]),
-                         *[_indexed(stream, position) for stream in streams], key=lambda r: r["index"])
-    columns = ["path", *[f"p_{c}" for c in classes], "predicted", *META_COLUMNS]
-    ok, bad = io.StringIO(), io.StringIO()
-    ok_writer = csv.DictWriter(ok, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    bad_writer = csv.DictWriter(bad, fieldnames=["path", "reason"], extrasaction="ignore", lineterminator="\n")
-    ok_writer.writeheader()
-    bad_writer.writeheader()
-    seen: set[str] = set()
-    predicted = 0
+    merged = heapq.merge(sorted(earlier, key=_order), *[_indexed(stream, position) for stream in streams], key=_order)
+    probability_columns = [f"p_{c}" for c in classes]
+    columns = ["path", *probability_columns, "predicted", *(["slices"] if job["slices"] else []), *META_COLUMNS]
+    writers = {
+        "ok": _Table(columns),
+        "error": _Table(["path", "reason"]),
+        "slice": _Table(["path", "slice", *probability_columns, "predicted"]),
+    }
+    seen: set[tuple[str, str]] = set()
     for row in merged:
-        if row["path"] in seen:  # a scan an interrupted process wrote twice keeps its first row
+        key = (row["path"], str(row["slice"]))
+        if key in seen:  # a scan an interrupted process wrote twice keeps its first rows
             continue
-        seen.add(row["path"])
-        predicted += row["status"] == "ok"
-        (ok_writer if row["status"] == "ok" else bad_writer).writerow(row)
+        seen.add(key)
+        writers[row["status"]].add(row)
     for path, reason in unlisted:
-        bad_writer.writerow({"path": _relative(path, root), "reason": reason})
-    unreadable = len(seen) - predicted + len(unlisted)
-    atomic_write_text(out, ok.getvalue())
-    atomic_write_text(errors, bad.getvalue())
+        writers["error"].add({"path": _relative(path, root), "reason": reason})
+    predicted, unreadable = writers["ok"].count, writers["error"].count
+    atomic_write_text(out, writers["ok"].text())
+    atomic_write_text(errors_path(out), writers["error"].text())
+    if job["slices"]:
+        atomic_write_text(slices_path(out), writers["slice"].text())
     sidecar = {
         "medxfer_version": __version__,
         "written_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "run": run_dir.resolve().name,
-        "model_sha256": recipe["weights_sha256"],
+        **job,
         "config_sha256": _file_hash(run_dir / CONFIG_FILE),
-        "calibration_sha256": _file_hash(run_dir / CALIBRATION_FILE),
         "classes": classes,
         "positive_class": None if evaluator.positive_ is None else classes[evaluator.positive_],
-        "threshold": cut,
-        "threshold_source": "validated" if cut == evaluator.threshold_ else "given",
+        "threshold_source": "validated" if job["threshold"] == evaluator.threshold_ else "given",
         "predicted": predicted,
         "unreadable": unreadable,
         "device": device.type,
@@ -291,7 +432,24 @@ def _merge(out: Path, errors: Path, parts: _Parts, relative: list[str], unlisted
     return predicted, unreadable
 
 
+class _Table:
+    """CSV text of one output file, built row by row."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self.buffer = io.StringIO()
+        self.writer = csv.DictWriter(self.buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        self.writer.writeheader()
+        self.count = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.writer.writerow(row)
+        self.count += 1
+
+    def text(self) -> str:
+        return self.buffer.getvalue()
+
+
 def _indexed(rows: Iterator[dict[str, str]], position: dict[str, int]) -> Iterator[dict[str, Any]]:
     for row in rows:
         if row["path"] in position:
-            yield {**row, "index": position[row["path"]]}
+            yield {"slice": "", **row, "index": position[row["path"]]}

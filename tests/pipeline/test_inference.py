@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
 from medxfer.datasets import phantom
+from medxfer.datasets.reader import read_scan
 from medxfer.pipeline.cli import main
 from medxfer.pipeline.external import evaluate_run
 from medxfer.pipeline.inference import predict_scans
@@ -33,6 +35,15 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def assert_same_predictions(rows: list[dict[str, str]], expected: list[dict[str, str]]) -> None:
+    """The same scans, labels and metadata, and probabilities equal up to float32 rounding (the
+    network's sums round differently when the images are batched differently)."""
+    assert [row["path"] for row in rows] == [row["path"] for row in expected]
+    for a, b in zip(rows, expected, strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith("p_")} == {k: v for k, v in b.items()
+                                                                          if not k.startswith("p_")}
+        for key in (k for k in a if k.startswith("p_")):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5), (a["path"], key)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +118,9 @@ def test_a_killed_job_rerun_ends_with_exactly_one_row_per_scan(run, scans, tmp_p
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not out.exists() and parts.is_dir()
-    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0", "--chunk", "4"]) == 0
-    assert read_csv(out) == read_csv(reference)
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0", "--batch-size", "2",
+                 "--chunk", "4"]) == 0
+    assert_same_predictions(read_csv(out), read_csv(reference))
     assert read_csv(tmp_path / "killed.errors.csv") == read_csv(tmp_path / "reference.errors.csv")
     assert not parts.exists()
 
@@ -153,12 +165,7 @@ def test_two_processes_write_the_same_predictions_as_one(run, scans, tmp_path):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
                                env={**os.environ, "MEDXFER_SALT": "medxfer-tests-salt-0123456789"})
     assert completed.returncode == 0, completed.stderr[-3000:]
-    two, one = read_csv(tmp_path / "two.csv"), read_csv(tmp_path / "one.csv")
-    assert [row["path"] for row in two] == [row["path"] for row in one]
-    for a, b in zip(two, one, strict=True):  # batches differ per process: rounding may differ
-        assert {k: v for k, v in a.items() if not k.startswith("p_")} == {k: v for k, v in b.items()
-                                                                          if not k.startswith("p_")}
-        assert float(a["p_opacity"]) == pytest.approx(float(b["p_opacity"]), abs=1e-5)
+    assert_same_predictions(read_csv(tmp_path / "two.csv"), read_csv(tmp_path / "one.csv"))
     assert read_csv(tmp_path / "two.errors.csv") == read_csv(tmp_path / "one.errors.csv")
 
 
@@ -179,3 +186,104 @@ def test_a_threshold_that_is_not_a_probability_is_a_usage_error(run, tmp_path, c
     with pytest.raises(SystemExit) as stopped:
         main(["predict", str(run), str(tmp_path), "--threshold", "1.5"])
     assert stopped.value.code == 2 and "probability" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def by_slice(run, scans, tmp_path_factory) -> tuple[Path, Path]:
+    """``medxfer predict`` over the scans as training saw them (a volume's middle slice), and
+    ``--slices`` (every slice, mean per volume)."""
+    root, _ = scans
+    folder = tmp_path_factory.mktemp("by-slice")
+    predict_scans(run, root, folder / "plain.csv", workers=0, batch_size=4, log=quiet)
+    assert main(["predict", str(run), str(root), "--out", str(folder / "slices.csv"), "--workers", "0",
+                 "--batch-size", "4", "--slices"]) == 0
+    return folder / "plain.csv", folder / "slices.csv"
+
+
+def volume_depth(scans) -> int:
+    root, good = scans
+    (volume,) = [path for path in good if path.endswith(".nii.gz")]
+    return read_scan(root / volume).pixels.shape[0]
+
+
+def test_slices_mode_keeps_one_row_per_scan_and_writes_every_slice_of_a_volume(by_slice, scans):
+    plain, slices = by_slice
+    rows = read_csv(slices)
+    assert [row["path"] for row in rows] == [row["path"] for row in read_csv(plain)]
+    depth = volume_depth(scans)
+    assert depth > 3
+    assert {row["path"]: int(row["slices"]) for row in rows} == {
+        row["path"]: depth if row["path"].endswith(".nii.gz") else 1 for row in rows}
+    slice_rows = read_csv(slices.with_name("slices.slices.csv"))
+    assert [int(row["slice"]) for row in slice_rows] == list(range(depth))
+    assert {row["path"] for row in slice_rows} == {"volumes/phantom-chest-00.nii.gz"}
+    assert read_csv(slices.with_name("slices.errors.csv")) == read_csv(plain.with_name("plain.errors.csv"))
+    sidecar = json.loads(slices.with_suffix(".json").read_text())
+    assert sidecar["slices"] is True and sidecar["slice_aggregate"] == "mean"
+
+
+def test_a_volume_row_is_the_mean_of_its_slices_and_its_middle_slice_is_what_training_saw(by_slice, scans):
+    plain, slices = by_slice
+    (volume,) = [row for row in read_csv(slices) if row["path"].endswith(".nii.gz")]
+    slice_rows = read_csv(slices.with_name("slices.slices.csv"))
+    p = np.array([float(row["p_opacity"]) for row in slice_rows])
+    assert float(volume["p_opacity"]) == pytest.approx(p.mean(), abs=2e-6)
+    assert p.max() - p.min() > 1e-4  # the slices differ, so the check above is not trivial
+    threshold = json.loads(slices.with_suffix(".json").read_text())["threshold"]
+    assert volume["predicted"] == ("opacity" if float(volume["p_opacity"]) >= threshold else "normal")
+    for row in slice_rows:
+        assert row["predicted"] == ("opacity" if float(row["p_opacity"]) >= threshold else "normal")
+    (trained_view,) = [row for row in read_csv(plain) if row["path"].endswith(".nii.gz")]
+    middle = slice_rows[volume_depth(scans) // 2]
+    assert float(middle["p_opacity"]) == pytest.approx(float(trained_view["p_opacity"]), abs=1e-5)
+
+
+def test_a_2d_scan_gets_the_same_prediction_with_or_without_slices(by_slice):
+    plain, slices = by_slice
+    flat = [{k: v for k, v in row.items() if k != "slices"} for row in read_csv(slices)
+            if not row["path"].endswith(".nii.gz")]
+    assert_same_predictions(flat, [row for row in read_csv(plain) if not row["path"].endswith(".nii.gz")])
+
+
+def test_the_max_aggregate_takes_the_most_suspicious_slice(run, scans, tmp_path):
+    root, _ = scans
+    out = tmp_path / "max.csv"
+    predict_scans(run, root, out, workers=0, batch_size=4, slices=True, slice_aggregate="max", log=quiet)
+    (volume,) = [row for row in read_csv(out) if row["path"].endswith(".nii.gz")]
+    slice_rows = read_csv(tmp_path / "max.slices.csv")
+    highest = max(slice_rows, key=lambda row: float(row["p_opacity"]))
+    assert (volume["p_opacity"], volume["p_normal"]) == (highest["p_opacity"], highest["p_normal"])
+
+
+def test_slices_are_refused_for_a_run_trained_on_projections_of_whole_volumes(run, scans, tmp_path, capsys):
+    mip_run = tmp_path / "mip-run"
+    shutil.copytree(run, mip_run)
+    recipe = json.loads((mip_run / "model.json").read_text())
+    (mip_run / "model.json").write_text(json.dumps({**recipe, "volume_strategy": "mip"}))
+    assert main(["predict", str(mip_run), str(scans[0]), "--out", str(tmp_path / "p.csv"), "--slices"]) == 1
+    assert "volume_strategy middle or 2.5d" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_rerun_with_other_settings_is_refused_instead_of_mixing_rows(run, scans, tmp_path, capsys):
+    root, _ = scans
+    out = tmp_path / "predictions.csv"
+    predict_scans(run, root, out, workers=0, log=quiet)
+    before = out.read_text()
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0", "--slices"]) == 1
+    assert "slices False there, True now" in capsys.readouterr().err
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0", "--threshold", "0.2"]) == 1
+    assert "threshold" in capsys.readouterr().err
+    assert out.read_text() == before
+
+
+def test_parts_left_by_a_job_with_another_threshold_are_not_merged(run, scans, tmp_path, capsys):
+    root, _ = scans
+    out = tmp_path / "predictions.csv"
+    parts = tmp_path / "predictions.csv.parts"
+    parts.mkdir()
+    (parts / "settings.json").write_text(json.dumps({"threshold": 0.9}))
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0"]) == 1
+    error = capsys.readouterr().err
+    assert "interrupted job" in error and "threshold 0.9 there" in error and str(parts) in error
+    assert not out.exists()
