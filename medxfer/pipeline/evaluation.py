@@ -219,12 +219,14 @@ class Evaluator:
         """(n, K) calibrated probabilities of (n, K) logits."""
         return self.calibrator_.predict_proba(logits)
 
-    def predict(self, probabilities: np.ndarray) -> np.ndarray:
+    def predict(self, probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Class indices: the positive class where its calibrated probability reaches the
-        threshold (two classes), else the most probable class."""
+        validated threshold, or ``threshold`` (a probability) when given (two classes), else the
+        most probable class."""
         if self.positive_ is None:
             return probabilities.argmax(1)
-        return np.where(probabilities[:, self.positive_] >= self.threshold_, self.positive_, 1 - self.positive_)
+        cut = self.threshold_ if threshold is None else threshold
+        return np.where(probabilities[:, self.positive_] >= cut, self.positive_, 1 - self.positive_)
 
     def to_dict(self) -> dict[str, Any]:
         """What ``calibration.json`` holds, for ``from_dict``."""

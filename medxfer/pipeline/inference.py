@@ -366,15 +366,8 @@ def _aggregate(probabilities: np.ndarray, aggregate: str | None, positive: int |
 
 def _scores(p: np.ndarray, classes: list[str], evaluator: Evaluator, cut: float | None) -> dict[str, str]:
     """The probability columns and the predicted label of one probability vector."""
-    label = _labels(evaluator, p[None, :], cut)[0]
+    label = evaluator.predict(p[None, :], threshold=cut)[0]
     return {"predicted": classes[label], **{f"p_{c}": f"{v:.6f}" for c, v in zip(classes, p, strict=True)}}
-
-
-def _labels(evaluator: Evaluator, probabilities: np.ndarray, cut: float | None) -> np.ndarray:
-    if evaluator.positive_ is None or cut is None:
-        return evaluator.predict(probabilities) if len(probabilities) else np.empty(0, int)
-    positive = evaluator.positive_
-    return np.where(probabilities[:, positive] >= cut, positive, 1 - positive)
 
 
 def _order(row: dict[str, Any]) -> tuple[int, int]:
