@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("phantom", help="write a synthetic chest X-ray cohort (DICOM + NIfTI) for trying things out",
-                       description="Synthetic CR/DX chest radiographs from two simulated sites, two classes "
+                       description="Synthetic CR/DX chest radiographs from three simulated sites, two classes "
                                    "(normal, opacity), a manifest.csv and a few NIfTI volumes. Deterministic.")
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--patients", type=positive, default=80, help="number of patients (default: 80)")

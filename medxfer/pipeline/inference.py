@@ -79,6 +79,10 @@ class NoScansError(ValueError):
     """SCANS holds no file to predict."""
 
 
+class IncompleteJobError(ValueError):
+    """Some scans have no row when the parts are merged (another process's parts are not here)."""
+
+
 def errors_path(out: Path) -> Path:
     """``predictions.csv`` -> ``predictions.errors.csv``."""
     return out.with_name(out.stem + ".errors" + out.suffix)
@@ -283,12 +287,14 @@ def _predict(run_dir: Path, root: Path, files: list[Path], unlisted: list[tuple[
             parts.write(dist.rank, pending)
     dist.barrier()
     summary = PredictSummary(predicted, failed, already, out, errors, sidecar)
-    if dist.is_main:
-        rows_written, unreadable = _merge(out, parts, relative, unlisted, root, recipe, run_dir, evaluator, job,
-                                          device)
-        log(f"{rows_written} scan(s) predicted, {unreadable} could not be read"
-            + (f" (listed in {errors})" if unreadable else "") + f": {out}")
-    dist.barrier()
+    try:
+        if dist.is_main:
+            rows_written, unreadable = _merge(out, parts, relative, unlisted, root, recipe, run_dir, evaluator, job,
+                                              device)
+            log(f"{rows_written} scan(s) predicted, {unreadable} could not be read"
+                + (f" (listed in {errors})" if unreadable else "") + f": {out}")
+    finally:
+        dist.barrier()  # the other processes wait for the merge, and are released if it fails
     return summary
 
 
@@ -400,6 +406,11 @@ def _merge(out: Path, parts: _Parts, relative: list[str], unlisted: list[tuple[P
             continue
         seen.add(key)
         writers[row["status"]].add(row)
+    missing = len(relative) - writers["ok"].count - writers["error"].count
+    if missing:  # a process's parts are not here (``--out`` not on a file system every process shares)
+        raise IncompleteJobError(f"{missing} of {len(relative)} scans have no row in {parts.folder}: with several "
+                           "processes, --out must be on a file system they all share. Nothing was written and the "
+                           "parts are kept; run the same command again to predict what is missing.")
     for path, reason in unlisted:
         writers["error"].add({"path": _relative(path, root), "reason": reason})
     predicted, unreadable = writers["ok"].count, writers["error"].count

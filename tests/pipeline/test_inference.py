@@ -20,6 +20,7 @@ import pytest
 from medxfer.datasets import phantom
 from medxfer.datasets.reader import read_scan
 from medxfer.pipeline.cli import main
+from medxfer.pipeline.distributed import Distributed
 from medxfer.pipeline.external import evaluate_run
 from medxfer.pipeline.inference import predict_scans
 
@@ -287,3 +288,18 @@ def test_parts_left_by_a_job_with_another_threshold_are_not_merged(run, scans, t
     error = capsys.readouterr().err
     assert "interrupted job" in error and "threshold 0.9 there" in error and str(parts) in error
     assert not out.exists()
+
+
+def test_a_merge_that_misses_scans_writes_nothing_and_keeps_the_parts(run, scans, tmp_path, monkeypatch, capsys):
+    """As when another process's parts are on a file system this one cannot see: the merge finds
+    scans without a row, says so, and leaves everything for a rerun to finish."""
+    root, good = scans
+    out = tmp_path / "predictions.csv"
+    with monkeypatch.context() as patch:
+        patch.setattr(Distributed, "shard", lambda self, n: range(0, n, 2))  # this process's half only
+        assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0"]) == 1
+    assert "have no row" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "predictions.errors.csv").exists()
+    assert (tmp_path / "predictions.csv.parts").is_dir()
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0"]) == 0  # the rest, then merged
+    assert [row["path"] for row in read_csv(out)] == good
