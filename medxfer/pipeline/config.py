@@ -55,7 +55,7 @@ class TrainConfig:
     data: str | None = (
         None  # dataset: folder of class folders or manifest; required to train
     )
-    target_data: str | None = None  # unlabelled folder from the site to adapt to
+    target_data: str | None = None  # unlabelled scans (folder or manifest) from the site to adapt to
     out: str | None = None  # run directory (the command line fills a default)
     layout: str = "auto"  # one of medxfer.datasets.sources.LAYOUTS
     skip_unreadable: bool = False
@@ -521,7 +521,7 @@ def _check_combination(
     adapt = values["adapt"]
     if adapt != "none" and values["target_data"] is None:
         raise ConfigError(
-            f"{where('adapt')}: adapt {adapt!r} needs target_data, a folder of unlabelled scans from "
+            f"{where('adapt')}: adapt {adapt!r} needs target_data, unlabelled scans (a folder or a manifest) from "
             "the site to adapt to; set target_data or use adapt 'none'"
         )
     if adapt == "dann" and values["strategy"] == "linear":
