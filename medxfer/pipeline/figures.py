@@ -173,7 +173,7 @@ def pr_curves(
     classes: Sequence[str],
     positive_class: str | None,
 ) -> bytes:
-    """Precision-recall curves with average precision (AP) in the legend; each curve's chance
+    """Precision-recall curves with average precision in the legend; each curve's chance
     level (the prevalence of its positive label) is a dotted line of the same colour. Lines are
     chosen as in ``roc_curves``."""
     figure = _figure(5.4, 5.0)
@@ -185,7 +185,8 @@ def pr_curves(
         precision, recall, _ = precision_recall_curve(curve.truth, curve.score)
         ap = average_precision_score(curve.truth, curve.score)
         prevalence = float(curve.truth.mean())
-        label = f"{curve.name}: AP {ap:.3f} (chance {prevalence:.2f})"
+        # "average precision" in full: "AP" also names a radiograph view (AP/PA) in the subgroup tables
+        label = f"{curve.name}: average precision {ap:.3f} (chance {prevalence:.2f})"
         ax.plot(recall, precision, drawstyle="steps-post", linewidth=1.8, label=label, **curve.style)
         ax.axhline(prevalence, color=curve.style["color"], linestyle=":", linewidth=1)
     _square_unit_axes(ax, "Recall (sensitivity)", "Precision (positive predictive value)", "")
@@ -246,14 +247,17 @@ def reliability_diagrams(
 ) -> bytes:
     """Reliability diagrams before and after calibration, side by side, from the split's
     ``reliability`` bins, with the ECE of each in its title and the image count per bin below.
-    ``method`` names the calibration in the right-hand title (e.g. "temperature scaling")."""
+    ``method`` names the calibration in the right-hand title (e.g. "temperature scaling"). The
+    two count panels share their y scale, so that the shift of images between bins reads directly."""
     figure = _figure(10.4, 5.2)
     grid = figure.add_gridspec(2, 2, height_ratios=(3, 1))
+    counts_axis = None
     for column, (side, ece_key, title) in enumerate(
         (("before", "ece_uncalibrated", "Before calibration"), ("after", "ece", f"After {method}"))
     ):
         top = figure.add_subplot(grid[0, column])
-        bottom = figure.add_subplot(grid[1, column], sharex=top)
+        bottom = figure.add_subplot(grid[1, column], sharex=top, sharey=counts_axis)
+        counts_axis = counts_axis or bottom
         bins = metrics_split["reliability"][side]
         _reliability_panel(top, bottom, bins, f"{title}: ECE {_metric_text(metrics_split.get(ece_key))}")
     bins = len(metrics_split["reliability"]["after"])

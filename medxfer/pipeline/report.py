@@ -348,7 +348,37 @@ def _calibration_text(metrics: Mapping[str, Any]) -> dict[str, Any]:
             parameters.append(f"{name.capitalize()} per class: " + ", ".join(fmt(v) for v in values) + ".")
     fitted_on = SPLIT_NAMES.get(calibration.get("fitted_on", "val"), "validation")
     fitted = f"fitted on the {fitted_on} set only (n = {fmt(calibration.get('n'))})" if method != "none" else ""
-    return {"method": calibration_method(metrics), "parameters": parameters, "fitted": fitted}
+    return {"method": calibration_method(metrics), "parameters": parameters, "fitted": fitted,
+            "intervals": _calibration_intervals(metrics)}
+
+
+def _scored_before(metrics: Mapping[str, Any]) -> str:
+    """When the network changed after the figures were scored (``scored_before``: AdaBN to the
+    target site), which figures that concerns: a training run's validation and test splits, or,
+    in an external validation, only the validation figures carried from the run (this set was
+    scored with the network as it was saved); "" when nothing changed."""
+    change = metrics.get("scored_before")
+    if not change:
+        return ""
+    if metrics.get("kind") == "external validation":
+        return (f"The validation figures, carried from the training run, were scored before {change}; this set was "
+                "scored with the network as saved, after it.")
+    return f"Validation and test were scored before {change}."
+
+
+def _calibration_intervals(metrics: Mapping[str, Any]) -> str:
+    """Which cells of the calibration table carry an interval, when only some "after" cells do
+    (the usual case: ECE and Brier score), so that a bare "before" value does not read as an
+    omission; "" otherwise."""
+    ci = metrics[held_out(metrics)].get("ci") or {}
+    if any(ci.get(f"{key}_uncalibrated") is not None for key in CALIBRATION_METRICS):
+        return ""
+    after = [label.split(" (")[0] for key, label in CALIBRATION_METRICS.items() if ci.get(key) is not None]
+    if not after or len(after) == len(CALIBRATION_METRICS):
+        return ""
+    named = " and ".join(after) if len(after) < 3 else ", ".join(after[:-1]) + " and " + after[-1]
+    return (f"Only the calibrated {named} carry a 95 % bootstrap interval; the other cells, including every \"before\" "
+            "value, are point estimates.")
 
 
 def _overfitting(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -400,7 +430,13 @@ def _prevalence_cell(group: Mapping[str, Any]) -> Cell:
     interval = (group.get("gap_ci") or {}).get("prevalence")
     points = fmt_interval(None if interval is None else [100 * bound for bound in interval], 0)
     return Cell(fmt_percent(group["prevalence"]),
-                detail=f"gap {fmt_signed(100 * gap, 0)} points" + (f" ({_unbroken(points)})" if points else ""))
+                detail=f"gap {_unbroken(_points(gap))}" + (f" ({_unbroken(points)})" if points else ""))
+
+
+def _points(share: float) -> str:
+    """A difference of shares in percentage points: "+17 points", "−1 point"."""
+    text = fmt_signed(100 * share, 0)
+    return f"{text} point{'' if text.lstrip('+' + MINUS) == '1' else 's'}"
 
 
 def _subgroup_row(name: str, group: Mapping[str, Any], flagged: set[str], binary: bool) -> dict[str, Any]:
@@ -577,7 +613,7 @@ def report_context(
         "data_name": metrics.get("data_name") or "n/a",
         "classes": ", ".join(metrics["classes"]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "scored_before": metrics.get("scored_before") or "",
+        "scored_before": _scored_before(metrics),
         "summary": summary(metrics),
         "threshold_rule": threshold_rule(metrics),
         "overall": _overall_table(metrics),

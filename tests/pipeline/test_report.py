@@ -407,3 +407,37 @@ def test_the_overfitting_section_says_what_each_train_auroc_measures(binary_html
     section = Page(binary_html[binary_html.index('id="overfitting"'):binary_html.index('id="subgroups"')]).visible
     assert "kept weights on the plain, un-augmented training images" in section
     assert "measured during each epoch, on augmented images" in section
+
+
+def test_a_prevalence_gap_reads_as_points_held_to_their_number(tmp_path):
+    metrics = binary_metrics()
+    view = metrics["test"]["subgroups"]["view"]
+    view["AP"]["gap"]["prevalence"], view["AP"]["gap_ci"]["prevalence"] = -0.12, [-0.21, -0.02]
+    view["PA"]["gap"]["prevalence"], view["PA"]["gap_ci"]["prevalence"] = 0.012, [-0.08, 0.1]
+    html = _write(tmp_path, metrics)
+    assert "gap \u221212\u00a0points (\u221221\u00a0to\u00a0\u22122)" in html  # no line break between number and unit
+    assert "gap +1\u00a0point (" in html and "+1\u00a0points" not in html
+
+
+def test_the_calibration_section_says_which_cells_have_an_interval(binary_html, tmp_path):
+    def calibration_prose(html: str) -> str:
+        return " ".join(Page(html[html.index('id="calibration"'):html.index('id="overfitting"')]).prose)
+
+    assert ("Only the calibrated ECE and Brier score carry a 95 % bootstrap interval; the other cells, including every "
+            '"before" value, are point estimates.') in calibration_prose(binary_html)
+    metrics = binary_metrics()
+    for split in ("val", "test"):
+        metrics[split]["ci"] = {}  # no bootstrap: no cell has an interval, nothing to explain
+    assert "bootstrap interval;" not in calibration_prose(_write(tmp_path, metrics))
+
+
+def test_an_external_report_of_an_adabn_run_says_only_validation_was_scored_before_adabn(tmp_path):
+    trained = binary_metrics()
+    trained["scored_before"] = "AdaBN to the target site"
+    training_page = Page(_write(tmp_path / "run", trained)).visible
+    assert "Validation and test were scored before AdaBN to the target site." in training_page
+    external = {**copy.deepcopy(trained), "kind": "external validation"}
+    page = Page(_write(tmp_path / "external", external)).visible
+    assert "Validation and test were scored before" not in page
+    assert "The validation figures, carried from the training run, were scored before AdaBN" in page
+    assert "this set was scored with the network as saved, after it" in page
