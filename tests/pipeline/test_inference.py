@@ -24,7 +24,7 @@ from medxfer.pipeline.distributed import Distributed
 from medxfer.pipeline.external import evaluate_run
 from medxfer.pipeline.inference import predict_scans
 
-BAD_FILES = {"empty.dcm": b"", "random.dcm": os.urandom(3000), "notes.txt": b"not an image at all\n"}
+BAD_FILES = phantom.BROKEN_FILES  # empty, truncated, random bytes, a text file
 
 
 def quiet(_: str) -> None:
@@ -56,9 +56,7 @@ def scans(tmp_path_factory) -> tuple[Path, list[str]]:
     (root / "manifest.csv").unlink()
     good = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     first = root / good[0]
-    (root / "images" / "truncated.dcm").write_bytes(first.read_bytes()[:500])
-    for name, data in BAD_FILES.items():
-        (root / "images" / name).write_bytes(data)
+    phantom.write_broken_files(root / "images", first, seed=5)
     assert summary.n_images + 1 == len(good)  # the images and one volume
     return root, good
 
@@ -70,7 +68,7 @@ def test_good_scans_get_rows_and_bad_files_error_rows(run, scans, tmp_path, caps
     rows = read_csv(out)
     assert [row["path"] for row in rows] == good
     errors = read_csv(tmp_path / "predictions.errors.csv")
-    assert sorted(row["path"] for row in errors) == sorted(f"images/{n}" for n in [*BAD_FILES, "truncated.dcm"])
+    assert sorted(row["path"] for row in errors) == sorted(f"images/{n}" for n in BAD_FILES)
     assert all(row["reason"] for row in errors)
     threshold = json.loads((run / "calibration.json").read_text())["threshold"]["value"]
     for row in rows:
@@ -82,9 +80,9 @@ def test_good_scans_get_rows_and_bad_files_error_rows(run, scans, tmp_path, caps
     sidecar = json.loads((tmp_path / "predictions.json").read_text())
     recipe = json.loads((run / "model.json").read_text())
     assert sidecar["model_sha256"] == recipe["weights_sha256"] and sidecar["predicted"] == len(good)
-    assert sidecar["unreadable"] == len(BAD_FILES) + 1 and sidecar["threshold_source"] == "validated"
+    assert sidecar["unreadable"] == len(BAD_FILES) and sidecar["threshold_source"] == "validated"
     assert not (tmp_path / "predictions.csv.parts").exists()
-    assert f"{len(good)} scan(s) predicted, {len(BAD_FILES) + 1} could not be read" in capsys.readouterr().out
+    assert f"{len(good)} scan(s) predicted, {len(BAD_FILES)} could not be read" in capsys.readouterr().out
 
 
 def test_no_identifier_from_the_headers_reaches_any_output(run, scans, tmp_path):
@@ -135,7 +133,7 @@ def test_rerunning_a_finished_job_predicts_only_new_scans(run, scans, tmp_path):
     first = read_csv(out)
     shutil.copy(folder / good[0], folder / "images" / "added.dcm")
     summary = predict_scans(run, folder, out, workers=0, log=quiet)
-    assert summary.predicted == 1 and summary.already_done == len(good) + len(BAD_FILES) + 1
+    assert summary.predicted == 1 and summary.already_done == len(good) + len(BAD_FILES)
     rows = read_csv(out)
     assert len(rows) == len(first) + 1 and len({row["path"] for row in rows}) == len(rows)
 
