@@ -388,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "positive class (default: validated)")
     p.add_argument("--slices", action="store_true",
                    help="score every slice of a volume (NIfTI, multi-frame DICOM) instead of the one 2D image "
-                        "training made of it; one row per volume in OUT (the slices aggregated), one per slice "
-                        "in OUT.slices.csv")
+                        "training made of it; one row per volume in --out (the slices aggregated), one per slice "
+                        "beside it (predictions.slices.csv for --out predictions.csv)")
     p.add_argument("--slice-aggregate", choices=("mean", "max"), default="mean",
                    help="with --slices: a volume's probabilities are the mean over its slices, or (two classes) "
                         "those of the slice with the highest probability of the positive class (default: mean)")

@@ -15,7 +15,7 @@ decodes and prepares scans batch by batch in DataLoader workers while the networ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +26,11 @@ from medxfer.datasets.reader import read_scan
 from medxfer.datasets.scan import UnreadableScanError
 from medxfer.datasets.sources import UnreadableFile
 from medxfer.datasets.volume import volume_to_2d
+from medxfer.transforms.preparation import InputSpec, resize_to_fit
 
 # The volume strategies whose 2D input is built around one slice, so that a network trained on
 # them can be shown every slice in turn ("mip" sees the whole volume at once: no slice to move).
 SLICE_STRATEGIES = ("middle", "2.5d")
-from medxfer.transforms.preparation import InputSpec, resize_to_fit
 
 
 @dataclass(frozen=True)
@@ -59,26 +59,47 @@ def decode_with_meta(path: Path, settings: DecodeSettings) -> tuple[torch.Tensor
         raise UnreadableScanError(path, str(exc)) from None
 
 
-def decode_slices(path: Path, settings: DecodeSettings) -> tuple[list[torch.Tensor], list[int] | None, dict]:
+def check_slice_strategy(strategy: str) -> None:
+    """Raise ValueError unless a network trained with volume ``strategy`` can be shown single slices."""
+    if strategy not in SLICE_STRATEGIES:
+        raise ValueError(f"slice-by-slice prediction needs a run trained with volume_strategy "
+                         f"{' or '.join(SLICE_STRATEGIES)}; this one used {strategy!r} (whole volumes), so single "
+                         "slices are not what it learned from")
+
+
+def decode_slices(path: Path, settings: DecodeSettings,
+                  prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, list[int] | None,
+                                                                                          dict]:
     """Every slice of a volume as ``decode_scan`` gives the middle one: slice ``k`` built by
     ``settings.volume_strategy`` centred on ``k`` ("middle": the slice itself; "2.5d": slices
-    k-1, k, k+1 as channels, the edge slice repeated). Returns the images, the slice numbers
-    (0-based, along the volume's first axis; None for a 2D scan, returned as its one image) and
-    the metadata. Memory: one image per slice, about 0.6 MB per slice at 224 pixels."""
-    if settings.volume_strategy not in SLICE_STRATEGIES:
-        raise ValueError(f"slice-by-slice prediction needs a run trained with volume_strategy "
-                         f"{' or '.join(SLICE_STRATEGIES)}; this one used {settings.volume_strategy!r}, "
-                         "which never showed the network a single slice")
+    k-1, k, k+1 as channels, the edge slice repeated), resized and passed through ``prepare``
+    (e.g. the network's preparation) one slice at a time into one (n, C, h, w) tensor. Returns
+    it, the slice numbers (0-based, along the volume's first axis; None for a 2D scan, returned
+    as its one image) and the metadata. Memory beyond the decoded volume: the returned tensor,
+    n x C x h x w x 4 bytes (0.6 MB per slice at 224 pixels and 3 channels)."""
+    check_slice_strategy(settings.volume_strategy)
     scan = read_scan(path, window=settings.window)
-    if scan.is_volume:
-        numbers: list[int] | None = list(range(scan.pixels.shape[0]))
-        views = [volume_to_2d(scan.pixels, settings.volume_strategy, center=k) for k in numbers]
-    else:
-        numbers, views = None, [scan.pixels]
-    try:
-        return [resize_to_fit(view, settings.spec).contiguous() for view in views], numbers, dict(scan.meta)
-    except ValueError as exc:
-        raise UnreadableScanError(path, str(exc)) from None
+    numbers = list(range(scan.pixels.shape[0])) if scan.is_volume else None
+    stack: torch.Tensor | None = None
+    for k, number in enumerate(numbers or [None]):
+        view = scan.pixels if number is None else volume_to_2d(scan.pixels, settings.volume_strategy, center=number)
+        try:
+            image = resize_to_fit(view, settings.spec)
+        except ValueError as exc:
+            raise UnreadableScanError(path, str(exc)) from None
+        image = prepare(image) if prepare is not None else image
+        if stack is None:
+            stack = torch.empty((len(numbers or [None]), *image.shape), dtype=image.dtype)
+        stack[k] = image
+    return stack, numbers, dict(scan.meta)
+
+
+def _failure(exc: Exception) -> str:
+    """The reason a file could not be prepared, for the errors file: a reader's own reason, or the
+    exception of an exotic file (reported, not fatal, so one file cannot end a job over thousands)."""
+    if isinstance(exc, UnreadableScanError):
+        return exc.reason
+    return f"unexpected error: {type(exc).__name__}: {exc}"
 
 
 class _Decoded(Dataset):
@@ -136,10 +157,8 @@ class PreparedScans(Dataset):
         try:
             image, meta = decode_with_meta(self.paths[index], self.settings)
             return index, self.plain(image), meta, None
-        except UnreadableScanError as exc:
-            return index, None, {}, exc.reason
-        except Exception as exc:  # noqa: BLE001 - an exotic file is reported, not fatal
-            return index, None, {}, f"unexpected error: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - see _failure
+            return index, None, {}, _failure(exc)
 
 
 class PreparedSlices(PreparedScans):
@@ -151,12 +170,10 @@ class PreparedSlices(PreparedScans):
     def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, dict, str | None, list[int] | None]:
         index = self.indices[position]
         try:
-            images, numbers, meta = decode_slices(self.paths[index], self.settings)
-            return index, torch.stack([self.plain(image) for image in images]), meta, None, numbers
-        except UnreadableScanError as exc:
-            return index, None, {}, exc.reason, None
-        except Exception as exc:  # noqa: BLE001 - an exotic file is reported, not fatal
-            return index, None, {}, f"unexpected error: {type(exc).__name__}: {exc}", None
+            images, numbers, meta = decode_slices(self.paths[index], self.settings, self.plain)
+            return index, images, meta, None, numbers
+        except Exception as exc:  # noqa: BLE001 - see _failure
+            return index, None, {}, _failure(exc), None
 
 
 def _as_list(batch: list) -> list:
@@ -167,6 +184,10 @@ def prepared_batches(paths: Sequence[Path], indices: Sequence[int], settings: De
                      workers: int, slices: bool = False) -> DataLoader:
     """Batches (lists of ``PreparedScans`` items, in the order of ``indices``) decoded in
     ``workers`` background processes while the caller runs the network. ``slices``: items of
-    ``PreparedSlices`` instead, one file per batch (a volume can hold hundreds of slices)."""
-    dataset = (PreparedSlices if slices else PreparedScans)(paths, indices, settings)
-    return DataLoader(dataset, batch_size=1 if slices else batch_size, num_workers=workers, collate_fn=_as_list)
+    ``PreparedSlices`` instead, one file per batch and one batch ahead per worker (a volume can
+    hold hundreds of slices; each volume in flight passes through shared memory)."""
+    if slices:
+        return DataLoader(PreparedSlices(paths, indices, settings), batch_size=1, num_workers=workers,
+                          collate_fn=_as_list, **({"prefetch_factor": 1} if workers else {}))
+    return DataLoader(PreparedScans(paths, indices, settings), batch_size=batch_size, num_workers=workers,
+                      collate_fn=_as_list)

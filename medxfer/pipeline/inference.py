@@ -47,7 +47,7 @@ import torch
 from medxfer import __version__
 from medxfer.datasets.sources import iter_files, read_manifest_rows
 from medxfer.files import atomic_write_text
-from medxfer.pipeline.decoding import SLICE_STRATEGIES, DecodeSettings, prepared_batches
+from medxfer.pipeline.decoding import DecodeSettings, check_slice_strategy, prepared_batches
 from medxfer.pipeline.distributed import Distributed
 from medxfer.pipeline.evaluation import Evaluator
 from medxfer.pipeline.external import CONFIG_FILE, check_run, load_evaluator
@@ -130,17 +130,23 @@ class _Parts:
         its slices' rows, in one part)."""
         return {row["path"] for part in self.files() for row in self.read(part) if row["status"] != "slice"}
 
-    def check_settings(self, settings: dict[str, Any]) -> None:
-        """Refuse to add rows computed with other ``settings`` to parts left by an earlier job;
-        record them when this job starts the parts."""
-        path = self.folder / SETTINGS_FILE
-        if path.is_file():
-            earlier = json.loads(path.read_text(encoding="utf-8"))
-            _same_settings(earlier, settings, f"{self.folder} (the parts of an interrupted job)",
-                           f"or delete {self.folder} to start again")
-        else:
+    def record_settings(self, settings: dict[str, Any]) -> None:
+        """Record ``settings`` when this job starts the parts (process 0, before the others check)."""
+        if not (self.folder / SETTINGS_FILE).is_file() and not self.files():
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+            atomic_write_text(self.folder / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        """Refuse to add rows computed with other ``settings`` to parts left by an earlier job, or
+        to parts that do not say what they were computed with."""
+        path = self.folder / SETTINGS_FILE
+        remedy = f"or delete {self.folder} to start again"
+        if path.is_file():
+            _same_settings(json.loads(path.read_text(encoding="utf-8")), settings,
+                           f"{self.folder} (the parts of an interrupted job)", remedy)
+        elif self.files():
+            raise ValueError(f"{self.folder} holds the parts of an interrupted job without {SETTINGS_FILE} (an older "
+                             f"medxfer), so their settings cannot be checked: write to another --out, {remedy}")
 
     def files(self) -> list[Path]:
         return sorted(self.folder.glob("rank*.csv")) if self.folder.is_dir() else []
@@ -159,13 +165,30 @@ class _Parts:
         atomic_write_text(self.folder / f"rank{rank}-{number:06d}.csv", buffer.getvalue())
 
 
-def _earlier_rows(out: Path) -> Iterator[dict[str, str]]:
-    """The rows of an earlier complete output, as part rows (index filled in later)."""
-    for path, status in ((out, "ok"), (errors_path(out), "error"), (slices_path(out), "slice")):
+def _earlier_rows(out: Path, slices: bool) -> Iterator[dict[str, str]]:
+    """The rows of an earlier complete output, as part rows (index filled in later); its slice
+    rows only when it was written with ``slices`` (``_check_earlier`` has compared its settings)."""
+    files = ((out, "ok"), (errors_path(out), "error"), *(((slices_path(out), "slice"),) if slices else ()))
+    if not out.is_file():
+        return
+    for path, status in files:
         if path.is_file():
             with open(path, newline="", encoding="utf-8") as handle:
                 for row in csv.DictReader(handle):
                     yield {"slice": "", **row, "status": status}
+
+
+def _check_earlier(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to merge an earlier complete ``out`` written with other settings, or without the
+    sidecar that says what they were."""
+    if not out.is_file():
+        return
+    remedy = "or delete it (and its .errors.csv, .slices.csv and .json) to predict every scan again"
+    sidecar = out.with_suffix(".json")
+    if not sidecar.is_file():
+        raise ValueError(f"{out} exists without {sidecar.name}, which records what its rows were computed with: "
+                         f"write to another --out, {remedy}")
+    _same_settings(json.loads(sidecar.read_text(encoding="utf-8")), settings, f"{out}", remedy)
 
 
 def _same_settings(earlier: dict[str, Any], settings: dict[str, Any], where: str, remedy: str) -> None:
@@ -237,23 +260,23 @@ def _predict(run_dir: Path, root: Path, files: list[Path], unlisted: list[tuple[
     classes = list(recipe["classes"])
     model.to(device).eval()
     decode = DecodeSettings(spec, recipe.get("window", "default"), recipe.get("volume_strategy", "middle"))
-    if aggregate and decode.volume_strategy not in SLICE_STRATEGIES:
-        raise ValueError(f"{run_dir}: --slices needs a run trained with volume_strategy "
-                         f"{' or '.join(SLICE_STRATEGIES)}; this one used {decode.volume_strategy!r} (whole "
-                         "volumes), so single slices are not what it learned from")
+    if aggregate:
+        try:
+            check_slice_strategy(decode.volume_strategy)
+        except ValueError as exc:
+            raise ValueError(f"{run_dir}: {exc}") from None
     job = {"model_sha256": recipe["weights_sha256"], "calibration_sha256": _file_hash(run_dir / CALIBRATION_FILE),
            "threshold": cut, "slices": aggregate is not None, "slice_aggregate": aggregate}
     errors = errors_path(out)
     sidecar = out.with_suffix(".json")
-    if out.is_file() and sidecar.is_file():
-        _same_settings(json.loads(sidecar.read_text(encoding="utf-8")), job, f"{out}",
-                       "or delete it (and its .errors.csv, .slices.csv and .json) to predict every scan again")
+    _check_earlier(out, job)
     parts = _Parts(out, classes)
     if dist.is_main:
-        parts.check_settings(job)
+        parts.record_settings(job)
     dist.barrier()
+    parts.check_settings(job)  # every process, so that all of them stop together
     relative = [_relative(p, root) for p in files]
-    done = parts.done() | {row["path"] for row in _earlier_rows(out) if row["status"] != "slice"}
+    done = parts.done() | {row["path"] for row in _earlier_rows(out, slices=False)}
     todo = [i for i in dist.shard(len(files)) if relative[i] not in done]
     already = sum(1 for i in dist.shard(len(files)) if relative[i] in done)
     if dist.is_main:
@@ -264,25 +287,24 @@ def _predict(run_dir: Path, root: Path, files: list[Path], unlisted: list[tuple[
     scorer = _Scorer(model, evaluator, device, batch_size)
     predicted = failed = 0
     queue: list[_Item] = []
+    queued_images = pending_scans = 0
     pending: list[dict[str, Any]] = []
     with torch.no_grad():
-        for batch in loader:
-            queue += [_Item(*item) for item in batch]
-            if sum(len(item.images) for item in queue if item.images is not None) < batch_size:
+        for number, batch in enumerate(loader, 1):
+            items = [_Item(*item) for item in batch]
+            queue += items
+            queued_images += sum(len(item.images) for item in items if item.images is not None)
+            if queued_images < batch_size and len(queue) < batch_size and number < len(loader):
                 continue  # too few images for a full network batch yet (slices: one file per loader batch)
             rows = _rows(queue, scorer.score(queue), relative, classes, evaluator, cut, aggregate)
             predicted += sum(row["status"] == "ok" for row in rows)
             failed += sum(row["status"] == "error" for row in rows)
             pending += rows
-            queue = []
-            if sum(row["status"] != "slice" for row in pending) >= chunk:
+            pending_scans += len(queue)
+            queue, queued_images = [], 0
+            if pending_scans >= chunk:
                 parts.write(dist.rank, pending)
-                pending = []
-        if queue:
-            rows = _rows(queue, scorer.score(queue), relative, classes, evaluator, cut, aggregate)
-            predicted += sum(row["status"] == "ok" for row in rows)
-            failed += sum(row["status"] == "error" for row in rows)
-            pending += rows
+                pending, pending_scans = [], 0
         if pending:
             parts.write(dist.rank, pending)
     dist.barrier()
@@ -389,7 +411,8 @@ def _merge(out: Path, parts: _Parts, relative: list[str], unlisted: list[tuple[P
     rows written to the predictions and to the errors file."""
     classes = list(recipe["classes"])
     position = {path: i for i, path in enumerate(relative)}
-    earlier = [{**row, "index": position[row["path"]]} for row in _earlier_rows(out) if row["path"] in position]
+    earlier = [{**row, "index": position[row["path"]]} for row in _earlier_rows(out, job["slices"])
+               if row["path"] in position]
     streams = [parts.read(part) for part in parts.files()]
     merged = heapq.merge(sorted(earlier, key=_order), *[_indexed(stream, position) for stream in streams], key=_order)
     probability_columns = [f"p_{c}" for c in classes]
@@ -399,18 +422,19 @@ def _merge(out: Path, parts: _Parts, relative: list[str], unlisted: list[tuple[P
         "error": _Table(["path", "reason"]),
         "slice": _Table(["path", "slice", *probability_columns, "predicted"]),
     }
-    seen: set[tuple[str, str]] = set()
+    last = None
     for row in merged:
-        key = (row["path"], str(row["slice"]))
-        if key in seen:  # a scan an interrupted process wrote twice keeps its first rows
+        key = _order(row)
+        if key == last:  # a scan an interrupted process wrote twice keeps its first rows (sorted: adjacent)
             continue
-        seen.add(key)
+        last = key
         writers[row["status"]].add(row)
     missing = len(relative) - writers["ok"].count - writers["error"].count
     if missing:  # a process's parts are not here (``--out`` not on a file system every process shares)
         raise IncompleteJobError(f"{missing} of {len(relative)} scans have no row in {parts.folder}: with several "
-                           "processes, --out must be on a file system they all share. Nothing was written and the "
-                           "parts are kept; run the same command again to predict what is missing.")
+                                 "processes, --out must be on a file system they all share. Nothing was written and "
+                                 "the parts are kept: run the command again with --out on a shared file system (or "
+                                 "in one process), and it predicts only what is missing.")
     for path, reason in unlisted:
         writers["error"].add({"path": _relative(path, root), "reason": reason})
     predicted, unreadable = writers["ok"].count, writers["error"].count

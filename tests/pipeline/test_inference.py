@@ -301,3 +301,24 @@ def test_a_merge_that_misses_scans_writes_nothing_and_keeps_the_parts(run, scans
     assert (tmp_path / "predictions.csv.parts").is_dir()
     assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0"]) == 0  # the rest, then merged
     assert [row["path"] for row in read_csv(out)] == good
+
+
+def test_parts_that_do_not_say_their_settings_are_not_merged(run, scans, tmp_path, capsys):
+    root, good = scans
+    out = tmp_path / "predictions.csv"
+    parts = tmp_path / "predictions.csv.parts"
+    parts.mkdir()
+    (parts / "rank0-000000.csv").write_text(f"index,path,status\n0,{good[0]},ok\n")
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0"]) == 1
+    assert "cannot be checked" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_earlier_output_without_its_sidecar_is_not_merged(run, scans, tmp_path, capsys):
+    root, _ = scans
+    out = tmp_path / "predictions.csv"
+    predict_scans(run, root, out, workers=0, log=quiet)
+    out.with_suffix(".json").unlink()
+    before = out.read_text()
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0"]) == 1
+    assert "exists without predictions.json" in capsys.readouterr().err
+    assert out.read_text() == before
