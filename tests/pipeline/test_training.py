@@ -233,11 +233,13 @@ def test_weighted_loss_leans_towards_the_rare_class(cohort, tmp_path):
         writer.writeheader()
         writer.writerows(kept)
     # Same data, seed and batches; only the loss weights differ. The weighted run must lean
-    # towards the rare class more than the unweighted one.
+    # towards the rare class more than the unweighted one. At lr 3e-3 the kept weights had barely
+    # moved from the same start (mean P(opacity) 0.363 against 0.364 once the gamma augmentation
+    # drew other values); at 1e-2 the two differ clearly (0.134 against 0.085).
     minority = {}
     for imbalance in ("weighted", "none"):
         run = tmp_path / imbalance
-        train(small(cohort, run, data=str(manifest), epochs=3, imbalance=imbalance, lr=3e-3), log=quiet)
+        train(small(cohort, run, data=str(manifest), epochs=3, imbalance=imbalance, lr=1e-2), log=quiet)
         model, spec, recipe = load_model(run)
         from medxfer.pipeline.decoding import DecodeSettings, decode_all
         from medxfer.transforms.pipeline import XrayPipeline
