@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -39,3 +43,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` as UTF-8 to ``path`` atomically (see ``atomic_write_bytes``)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]], *,
+                     ignore_extra: bool = False) -> Path:
+    """Write ``rows`` (mappings) under the header ``columns`` as a UTF-8 CSV file with "\\n" line
+    ends, atomically (see ``atomic_write_bytes``). A key outside ``columns`` raises ValueError
+    unless ``ignore_extra``; a missing one is written empty."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n",
+                            extrasaction="ignore" if ignore_extra else "raise")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+

@@ -40,3 +40,12 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         files.atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+def test_a_csv_row_with_a_column_outside_the_header_is_refused_unless_ignored(tmp_path):
+    rows = [{"path": "a.dcm", "label": "normal", "patient_id": "P1"}]
+    with pytest.raises(ValueError, match="patient_id"):
+        files.atomic_write_csv(tmp_path / "strict.csv", ("path", "label"), rows)
+    assert not (tmp_path / "strict.csv").exists()
+    written = files.atomic_write_csv(tmp_path / "kept.csv", ("path", "label", "site"), rows, ignore_extra=True)
+    assert written.read_bytes() == b"path,label,site\na.dcm,normal,\n"

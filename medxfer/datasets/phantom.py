@@ -44,7 +44,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 from scipy import ndimage
 
-from medxfer.files import atomic_write_bytes, atomic_write_text
+from medxfer.files import atomic_write_bytes, atomic_write_csv
 
 LABELS = ("normal", "opacity")
 
@@ -603,11 +603,8 @@ def generate_cohort(out_dir: str | Path, *, n_patients: int = 80, seed: int = 0,
                                site=profiles[site_of[index]], base_label=LABELS[base_labels[index]],
                                first_image=len(rows))
     rows.sort()
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "label", "patient_id"])
-    writer.writerows(rows)
-    manifest = atomic_write_text(root / "manifest.csv", text.getvalue())
+    columns = ("path", "label", "patient_id")
+    manifest = atomic_write_csv(root / "manifest.csv", columns, (dict(zip(columns, row, strict=True)) for row in rows))
     volumes = tuple(
         _write_volume(np.random.default_rng(seed_seq), root / "volumes" / f"phantom-chest-{v:02d}.nii.gz")
         for v, seed_seq in enumerate(seeds[1 + n_patients:])
@@ -645,14 +642,6 @@ class SiteStudy:
     n_target_test: int
 
 
-def _write_manifest(path: Path, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> Path:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(path, text.getvalue())
-
-
 def write_site_study(cohort: CohortSummary, *, source: str = "site-a", target: str = "site-b",
                      adapt_fraction: float = 0.5, seed: int = 0) -> SiteStudy:
     """Split a cohort into a source site and a target site whose patients are divided, at random
@@ -679,11 +668,11 @@ def write_site_study(cohort: CohortSummary, *, source: str = "site-a", target: s
     labelled = ("path", "label", "patient_id")
     root = cohort.manifest.parent
     return SiteStudy(
-        source=_write_manifest(root / f"manifest-{source}.csv", labelled, by_site[source]),
-        target_unlabelled=_write_manifest(root / f"manifest-{target}-unlabelled.csv", ("path",),
-                                          [target_rows[i] for i in sorted(adapt)]),
-        target_test=_write_manifest(root / f"manifest-{target}-test.csv", labelled,
-                                    [target_rows[i] for i in sorted(test)]),
+        source=atomic_write_csv(root / f"manifest-{source}.csv", labelled, by_site[source], ignore_extra=True),
+        target_unlabelled=atomic_write_csv(root / f"manifest-{target}-unlabelled.csv", ("path",),
+                                           [target_rows[i] for i in sorted(adapt)], ignore_extra=True),
+        target_test=atomic_write_csv(root / f"manifest-{target}-test.csv", labelled,
+                                     [target_rows[i] for i in sorted(test)], ignore_extra=True),
         n_source=len(by_site[source]),
         n_target_unlabelled=len(adapt),
         n_target_test=len(test),

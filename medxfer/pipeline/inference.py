@@ -46,7 +46,7 @@ import torch
 
 from medxfer import __version__
 from medxfer.datasets.sources import iter_files, read_manifest_rows
-from medxfer.files import atomic_write_text
+from medxfer.files import atomic_write_csv, atomic_write_text
 from medxfer.pipeline.decoding import DecodeSettings, check_slice_strategy, prepared_batches
 from medxfer.pipeline.distributed import Distributed
 from medxfer.pipeline.evaluation import Evaluator
@@ -158,11 +158,7 @@ class _Parts:
     def write(self, rank: int, rows: list[dict[str, Any]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         number = len(list(self.folder.glob(f"rank{rank}-*.csv")))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.folder / f"rank{rank}-{number:06d}.csv", buffer.getvalue())
+        atomic_write_csv(self.folder / f"rank{rank}-{number:06d}.csv", self.columns, rows)
 
 
 def _earlier_rows(out: Path, slices: bool) -> Iterator[dict[str, str]]:

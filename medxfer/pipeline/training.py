@@ -33,8 +33,6 @@ prefix cache is computed by all processes (each a share) and gathered.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -56,7 +54,7 @@ from tqdm import tqdm
 
 from medxfer.datasets.sources import ScanRecord, ScanSet, UnreadableFilesError, load_labelled, load_scans
 from medxfer.datasets.splits import assign_splits, write_splits_csv
-from medxfer.files import atomic_write_text
+from medxfer.files import atomic_write_csv
 from medxfer.pipeline.adaptation import (
     DomainClassifier,
     GradientReversalLayer,
@@ -789,12 +787,8 @@ class Trainer:
         return loss, all_logits.numpy()
 
     def _write_history(self, history: list[dict[str, float]]) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        atomic_write_text(self.run_dir / HISTORY_FILE, buffer.getvalue())
+        atomic_write_csv(self.run_dir / HISTORY_FILE, list(history[0]),
+                         ({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in history))
 
 
 def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:

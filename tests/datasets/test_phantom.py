@@ -107,13 +107,13 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path: Path, monkeypa
 
     written: list[Path] = []
 
-    def spy(real: Callable[[Path, bytes | str], Path]) -> Callable[[Path, bytes | str], Path]:
-        def write(path: Path, data: bytes | str) -> Path:
+    def spy(real: Callable[..., Path]) -> Callable[..., Path]:
+        def write(path: Path, *args: object, **kwargs: object) -> Path:
             written.append(Path(path))
-            return real(path, data)
+            return real(path, *args, **kwargs)
         return write
 
-    for name in ("atomic_write_bytes", "atomic_write_text"):
+    for name in ("atomic_write_bytes", "atomic_write_csv"):
         monkeypatch.setattr(phantom, name, spy(getattr(phantom, name)))
     summary = generate_cohort(tmp_path / "out", n_patients=6, seed=2, n_volumes=1)
     files = sorted(p for p in summary.root.rglob("*") if p.is_file())
