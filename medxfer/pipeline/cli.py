@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=positive, default=240, help="number of phantom patients (default: 240)")
     p.add_argument("--seed", type=count, default=0, help="random seed (default: 0)")
     p.add_argument("--image-size", type=positive, default=128,
-                   help="network input side in pixels (default: 128, to fit in 5 minutes on 2 CPU cores; "
+                   help="network input side in pixels (default: 128, about half the time of 224; "
                         "train's default is 224)")
     p.add_argument("--epochs", type=_epochs, default="auto", help="auto or a number (default: auto)")
     p.set_defaults(func=cmd_demo)
