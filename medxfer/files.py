@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 
 def _umask() -> int:
@@ -45,15 +41,26 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]], *,
-                     ignore_extra: bool = False) -> Path:
-    """Write ``rows`` (mappings) under the header ``columns`` as a UTF-8 CSV file with "\\n" line
-    ends, atomically (see ``atomic_write_bytes``). A key outside ``columns`` raises ValueError
-    unless ``ignore_extra``; a missing one is written empty."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n",
-                            extrasaction="ignore" if ignore_extra else "raise")
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(path, buffer.getvalue())
-
+def atomic_write_many(contents: dict[Path, bytes]) -> None:
+    """Write several files so that a failure while writing (a full disk) replaces none of them:
+    every file is written and flushed to a temporary file beside its target first, and only then
+    are they renamed into place, in the order given. Renames need no space; a crash between two
+    of them leaves the first ones new and the rest old, each whole."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in contents.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
+        while staged:
+            tmp, path = staged[0]
+            os.replace(tmp, path)
+            staged.pop(0)
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)

@@ -42,10 +42,23 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["keep.txt"]
 
 
-def test_a_csv_row_with_a_column_outside_the_header_is_refused_unless_ignored(tmp_path):
-    rows = [{"path": "a.dcm", "label": "normal", "patient_id": "P1"}]
-    with pytest.raises(ValueError, match="patient_id"):
-        files.atomic_write_csv(tmp_path / "strict.csv", ("path", "label"), rows)
-    assert not (tmp_path / "strict.csv").exists()
-    written = files.atomic_write_csv(tmp_path / "kept.csv", ("path", "label", "site"), rows, ignore_extra=True)
-    assert written.read_bytes() == b"path,label,site\na.dcm,normal,\n"
+def test_a_failure_while_staging_several_files_replaces_none_of_them(tmp_path, monkeypatch):
+    first, second = tmp_path / "a.csv", tmp_path / "a.json"
+    first.write_text("old a")
+    second.write_text("old b")
+    real_fsync, calls = files.os.fsync, []
+
+    def fsync_then_fail(fd):  # the second file's flush hits a full disk
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        files.atomic_write_many({first: b"new a", second: b"new b"})
+    assert first.read_text() == "old a" and second.read_text() == "old b"
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "a.json"]
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    files.atomic_write_many({first: b"new a", second: b"new b"})
+    assert first.read_text() == "new a" and second.read_text() == "new b"

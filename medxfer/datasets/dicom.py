@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.pixels import (
     apply_color_lut,
     apply_modality_lut,
@@ -31,8 +32,19 @@ from pydicom.pixels import (
     pixel_array,
 )
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+)
 
+from medxfer.datasets import header_text
+from medxfer.datasets.budget import check_budget
+from medxfer.datasets.codestream import j2k_size, jpeg_size
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
 from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key, study_key
 from medxfer.datasets.scan import Scan, UnreadableScanError
@@ -77,7 +89,8 @@ def _open(path: Path, *, header_only: bool) -> Dataset:
                 path, force=True, defer_size=_HEADER_DEFER_BYTES if header_only else None
             )
     except Exception as exc:  # pydicom raises many types on malformed input; each becomes a reason
-        raise UnreadableScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+        # Only the type: pydicom's messages quote element values, which can be identifying.
+        raise UnreadableScanError(path, f"not a readable DICOM file ({type(exc).__name__})") from None
     for warning in caught:
         if "End of file reached" in str(warning.message):
             raise UnreadableScanError(path, "truncated: the file ends inside its pixel data")
@@ -101,7 +114,9 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
 def _transfer_syntax(ds: Dataset, path: Path | None = None) -> UID:
     syntax = UID(str(ds.file_meta.TransferSyntaxUID))
     if not syntax.is_transfer_syntax:
-        raise UnreadableScanError(path or Path("?"), f"unknown transfer syntax {syntax}")
+        # quoted only when it is a well-formed UID (digits and dots), never free text
+        shown = f" {syntax}" if syntax.is_valid else " (not a UID)"
+        raise UnreadableScanError(path or Path("?"), f"unknown transfer syntax{shown}")
     return syntax
 
 
@@ -177,30 +192,22 @@ def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
     return None, None
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
-
 def dicom_meta(ds: Dataset) -> dict[str, Any]:
     """Non-identifying metadata from a DICOM header (keys in ``medxfer.datasets.metadata``)."""
     with _quiet():
         spacing, spacing_tag = pixel_spacing(frame_view(ds, 0))
         return {
             "format": "dicom",
-            "modality": _text(ds, "Modality"),
-            "view": _text(ds, "ViewPosition"),
+            "modality": header_text.modality(ds.get("Modality")),
+            "view": header_text.view_position(ds.get("ViewPosition")),
             "sex": normalise_sex(ds.get("PatientSex")),
             "age": parse_age(ds.get("PatientAge")),
-            "manufacturer": _text(ds, "Manufacturer"),
-            "site": _text(ds, "InstitutionName"),
-            "body_part": _text(ds, "BodyPartExamined"),
+            "manufacturer": header_text.manufacturer(ds.get("Manufacturer")),
+            "site": header_text.site_key(ds.get("InstitutionName")),
+            "body_part": header_text.body_part(ds.get("BodyPartExamined")),
             "pixel_spacing": spacing,
             "pixel_spacing_tag": spacing_tag,
-            "photometric_interpretation": _text(ds, "PhotometricInterpretation"),
+            "photometric_interpretation": header_text.photometric(ds.get("PhotometricInterpretation")),
             "bits_stored": _integer(ds, "BitsStored"),
             "rows": _integer(ds, "Rows"),
             "columns": _integer(ds, "Columns"),
@@ -213,8 +220,12 @@ def dicom_meta(ds: Dataset) -> dict[str, Any]:
 
 
 def _integer(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    return int(value) if value is not None else None
+    """A whole-number element, or None when absent or malformed (never an error quoting it)."""
+    try:
+        value = ds.get(keyword)
+        return int(value) if value is not None and value != "" else None
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 # Functional groups of enhanced multi-frame objects (PS3.3 C.7.6.16) that hold what classic
@@ -259,20 +270,52 @@ def _has_voi(ds: Dataset) -> bool:
     return "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
 
 
-def read_dicom_header(path: str | Path) -> dict[str, Any]:
+def read_dicom_header(path: str | Path, *, max_pixels: int | None = None) -> dict[str, Any]:
     """Metadata of a DICOM image without decoding its pixels.
 
     Checks what can be checked cheaply: the file parses, holds pixel data, a decoder exists for
-    its transfer syntax, and uncompressed pixel data is as long as its size tags say. A corrupt
-    compressed stream is only found by decoding (``read_dicom``).
+    its transfer syntax, uncompressed pixel data is as long as its size tags say, and the size
+    tags stay within the pixel budget (``medxfer.datasets.budget``). A corrupt compressed stream
+    is only found by decoding (``read_dicom``).
     """
     path = Path(path)
     with _quiet():
         ds = _open(path, header_only=True)
         _require_pixel_data(ds, path)
         _require_decoder(ds, path)
+        _check_declared_size(ds, path, None, max_pixels)
         _check_native_length(ds, path)
         return dicom_meta(ds)
+
+
+def _check_declared_size(ds: Dataset, path: Path, frame: int | None, max_pixels: int | None) -> None:
+    """Refuse a file whose size tags (one ``frame``, or every frame) exceed the pixel budget."""
+    rows, columns = _integer(ds, "Rows") or 0, _integer(ds, "Columns") or 0
+    samples = _integer(ds, "SamplesPerPixel") or 1
+    frames = 1 if frame is not None else _frame_count(ds)
+    what = f"{frames} frame(s) of {rows} x {columns} pixels" + (f" x {samples} samples" if samples > 1 else "")
+    check_budget(path, rows * columns * frames * samples, max_pixels, what)
+
+
+def _check_codestream_sizes(ds: Dataset, path: Path, frame: int | None, max_pixels: int | None) -> None:
+    """Refuse JPEG, JPEG-LS and JPEG 2000 frames that declare more pixels, together, than the budget,
+    whatever the size tags say (see ``medxfer.datasets.codestream``)."""
+    syntax = _transfer_syntax(ds, path)
+    if syntax in JPEG2000TransferSyntaxes:
+        size_of = j2k_size
+    elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
+        size_of = jpeg_size
+    else:
+        return  # native, RLE and deflated data decode to the size the tags give
+    total = 0
+    try:
+        for index, codestream in enumerate(generate_frames(ds.PixelData, number_of_frames=_frame_count(ds))):
+            if frame is None or index == frame:
+                size = size_of(codestream)
+                total += size[0] * size[1] * size[2] if size else 0
+    except Exception:  # noqa: BLE001 - damaged encapsulation: the decoder reports it with a reason
+        return
+    check_budget(path, total, max_pixels, "the sizes declared by its compressed frames")
 
 
 def _decode(ds: Dataset, path: Path, frame: int | None) -> np.ndarray:
@@ -287,19 +330,21 @@ def _decode(ds: Dataset, path: Path, frame: int | None) -> np.ndarray:
         # Decoders raise many types, and the Rust RLE decoder panics with a BaseException on some
         # corrupt streams: each becomes a reason (UnreadableScanError makes it one line) instead
         # of ending a batch job.
-        raise UnreadableScanError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+        # Only the type: decoder messages can quote header values.
+        raise UnreadableScanError(path, f"pixel data cannot be decoded ({type(exc).__name__})") from None
 
 
 def _color_to_gray(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
     """RGB, YBR (pydicom has converted it to RGB) or palette colour to luma in [0, 1]."""
     photometric = str(ds.PhotometricInterpretation)
+    shown = header_text.photometric(photometric)
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(arr, ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
     else:
         rgb, bits = arr, int(ds.BitsStored)
     gray = rgb.astype(np.float64) @ _LUMA / (2**bits - 1)
-    return np.clip(gray, 0.0, 1.0), f"{photometric} to gray (BT.601 luma)"
+    return np.clip(gray, 0.0, 1.0), f"{shown} to gray (BT.601 luma)"
 
 
 def _default_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
@@ -324,7 +369,7 @@ def _default_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
             out = apply_windowing(values, ds)
         except (ValueError, TypeError) as exc:
             scaled, how = rescale_to_unit(values, "minmax")
-            return scaled, f"{how} (file window unusable: {exc})"
+            return scaled, f"{how} (file window unusable: {type(exc).__name__})"
         centers, widths = ds["WindowCenter"], ds["WindowWidth"]
         center = centers.value[0] if centers.VM > 1 else centers.value
         width = widths.value[0] if widths.VM > 1 else widths.value
@@ -374,7 +419,8 @@ def _enhanced_frames(arr: np.ndarray, ds: Dataset, window: Window) -> tuple[np.n
     return np.stack([gray for gray, _ in frames]), how
 
 
-def read_dicom(path: str | Path, *, window: Window = "default", frame: int | None = None) -> Scan:
+def read_dicom(path: str | Path, *, window: Window = "default", frame: int | None = None,
+               max_pixels: int | None = None) -> Scan:
     """Decode a DICOM image to a ``Scan`` with pixels in [0, 1], air dark and bone bright.
 
     ``window``: ``"default"`` uses the file's first VOI LUT, else its first window, else min-max;
@@ -382,18 +428,21 @@ def read_dicom(path: str | Path, *, window: Window = "default", frame: int | Non
     ``frame``: index of one frame of a multi-frame object; ``None`` returns every frame, giving
     (frames, H, W) pixels for a multi-frame object and (H, W) for a single-frame one.
     Enhanced multi-frame objects get each frame's own rescale and window from their functional
-    groups.
+    groups. ``max_pixels``: the pixel budget (``medxfer.datasets.budget``), checked on the size
+    tags and on the compressed frames' own sizes before anything is decoded.
     """
     path = Path(path)
     window = parse_window(window)
     with _quiet():
-        return _read(path, window, frame)
+        return _read(path, window, frame, max_pixels)
 
 
-def _read(path: Path, window: Window, frame: int | None) -> Scan:
+def _read(path: Path, window: Window, frame: int | None, max_pixels: int | None) -> Scan:
     ds = _open(path, header_only=False)
     _require_pixel_data(ds, path)
     _require_decoder(ds, path)
+    _check_declared_size(ds, path, frame, max_pixels)
+    _check_codestream_sizes(ds, path, frame, max_pixels)
     arr = _decode(ds, path, frame)
     meta = dicom_meta(ds)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()

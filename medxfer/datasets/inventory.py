@@ -61,6 +61,8 @@ def summarise(scans: ScanSet) -> dict[str, Any]:
     return summary
 
 
-def inspect_path(path: str | Path, *, layout: str = "auto", decode: bool = False) -> dict[str, Any]:
-    """Index ``path`` (headers only unless ``decode``) and summarise it; never fails on a bad file."""
-    return summarise(load_scans(path, layout=layout, decode=decode))
+def inspect_path(path: str | Path, *, layout: str = "auto", decode: bool = False,
+                 max_pixels: int | None = None) -> dict[str, Any]:
+    """Index ``path`` (headers only unless ``decode``) and summarise it; never fails on a bad file.
+    ``max_pixels``: the pixel budget (``medxfer.datasets.budget``)."""
+    return summarise(load_scans(path, layout=layout, decode=decode, max_pixels=max_pixels))

@@ -4,21 +4,22 @@ Keys a reader may set in ``Scan.meta`` (absent or ``None`` when unknown):
 
 =============================  ==============================================================
 ``format``                     ``dicom``, ``nifti``, ``png``, ``jpeg`` or ``tiff``
-``modality``                   DICOM Modality (``CR``, ``DX``, ``CT``...)
-``view``                       view position (``PA``, ``AP``, ``LL``...)
+``modality``                   DICOM Modality (``CR``, ``DX``, ``CT``...; ``other``)
+``view``                       view position (``PA``, ``AP``, ``LL``...; ``other``)
 ``sex``                        ``M``, ``F`` or ``O``
 ``age``                        age in years (float; ``006M`` is 0.5)
-``manufacturer``               equipment manufacturer
-``site``                       institution name: the acquiring site, not the patient
-``body_part``                  body part examined
+``manufacturer``               a known vendor's name, else a pseudonymous ``vendor-`` key
+``site``                       pseudonymous key of the institution name (``site-`` + 8 hex)
+``body_part``                  body part examined (``CHEST``...; ``other``)
 ``pixel_spacing``              (row, column) spacing in millimetres
-``photometric_interpretation``  as stored (``MONOCHROME1``, ``RGB``...)
+``photometric_interpretation``  as stored (``MONOCHROME1``, ``RGB``...; ``other``)
 ``bits_stored``                bits per stored sample
 ``patient_key``                salted hash of the patient identifier, for grouping only
 ``study_key``                  salted hash of the StudyInstanceUID, to group a study's images
 =============================  ==============================================================
 
-The raw PatientName, PatientID, birth date and accession number are never copied anywhere.
+The raw PatientName, PatientID, birth date and accession number are never copied anywhere, and
+free-text header values go through ``medxfer.datasets.header_text`` first.
 """
 
 from __future__ import annotations
@@ -161,6 +162,13 @@ def study_key(study_uid: object, salt: bytes | None = None) -> str | None:
     ``None`` for a missing or blank UID."""
     if study_uid is None or not str(study_uid).strip():
         return None
-    text = "study:" + str(study_uid).strip()
-    digest = hmac.new(salt if salt is not None else pseudonym_salt(), text.encode("utf-8"), hashlib.sha256)
-    return "s" + digest.hexdigest()[:KEY_HEX_CHARS]
+    return keyed_pseudonym("study", str(study_uid).strip(), "s", KEY_HEX_CHARS, salt)
+
+
+def keyed_pseudonym(domain: str, text: str, prefix: str, hex_chars: int, salt: bytes | None = None) -> str:
+    """``prefix`` and ``hex_chars`` hex digits of HMAC-SHA256(salt, ``domain:text``): the same
+    text always gives the same key under one salt, and the text cannot be recovered from it.
+    Each ``domain`` (study, site, vendor) has its own keys."""
+    digest = hmac.new(salt if salt is not None else pseudonym_salt(), f"{domain}:{text}".encode(),
+                      hashlib.sha256)
+    return prefix + digest.hexdigest()[:hex_chars]

@@ -28,6 +28,7 @@ files are routed here by content. A ``.hdr``/``.img`` pair needs its usual names
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import operator
 import zlib
@@ -41,6 +42,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from medxfer.datasets.budget import check_budget
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
 from medxfer.datasets.scan import Scan, UnreadableScanError, first_line
 
@@ -51,17 +53,20 @@ _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")
 _MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
 
 
-def read_nifti(path: Path, *, window: Window = "default", volume_index: int | None = None) -> Scan:
+def read_nifti(path: Path, *, window: Window = "default", volume_index: int | None = None,
+               max_pixels: int | None = None) -> Scan:
     """Read a NIfTI file into a ``Scan`` with float32 pixels in [0, 1].
 
     ``pixels`` is ``(D, H, W)`` for a volume or ``(H, W)`` for a single plane (layout in the
     module docstring). A 4D or 5D file holds several volumes and is refused unless
     ``volume_index`` (0-based, counted in storage order, the 4th axis fastest) picks one.
+    ``max_pixels``: the pixel budget (``medxfer.datasets.budget``), checked on the header's
+    dimensions before any voxel is read.
     Raises ``UnreadableScanError`` for a missing, truncated, corrupt or unsupported file.
     """
     path = Path(path)
     window = parse_window(window)
-    image = _load(path)
+    image = _load(path, max_pixels)
     volume = _select_volume(path, image, volume_index)
     ornt = _ras_orientation(path, image)
     with _nibabel_errors(path):
@@ -74,7 +79,7 @@ def read_nifti(path: Path, *, window: Window = "default", volume_index: int | No
     return Scan(pixels=pixels, meta=meta, path=path)
 
 
-def read_nifti_header(path: Path, *, volume_index: int | None = None) -> dict[str, Any]:
+def read_nifti_header(path: Path, *, volume_index: int | None = None, max_pixels: int | None = None) -> dict[str, Any]:
     """Metadata of a NIfTI file from its header alone, without decoding the voxels.
 
     Returns the keys ``read_nifti`` sets except ``window``, ``nonfinite_voxels`` and
@@ -86,7 +91,7 @@ def read_nifti_header(path: Path, *, volume_index: int | None = None) -> dict[st
     Raises ``UnreadableScanError``.
     """
     path = Path(path)
-    image = _load(path)
+    image = _load(path, max_pixels)
     _checked_volume_index(path, image, volume_index)
     return _header_meta(image, _ras_orientation(path, image))
 
@@ -108,37 +113,56 @@ def _nibabel_errors(path: Path) -> Iterator[None]:
         raise UnreadableScanError(path, f"unreadable NIfTI data: {first_line(exc)}") from None
 
 
-def _load(path: Path) -> nib.Nifti1Pair:
-    """nibabel's image (header parsed, voxels not read yet), checked to be complete NIfTI."""
+def _load(path: Path, max_pixels: int | None) -> nib.Nifti1Pair:
+    """nibabel's image (header parsed, voxels not read yet), checked to be complete NIfTI and,
+    one volume at a time, within the pixel budget."""
     with _nibabel_errors(path):
         try:
             image = nib.load(path)
         except ImageFileError:
             # nibabel picks its reader by file name, but files reach us by content (sniff_format):
             # NIfTI bytes without a .nii name, or gzip content named .nii, are read from memory.
-            return _load_from_content(path)
+            return _load_from_content(path, max_pixels)
         # Nifti1Pair is the base of NIfTI-1/2 single files and pairs; nib.load also opens MGH, MINC...
         if not isinstance(image, nib.Nifti1Pair):
             raise UnreadableScanError(path, f"not a NIfTI file ({type(image).__name__})")
         _check_header(path, image)
+        _check_voxel_budget(path, image.shape[:3], max_pixels)
         data_file = Path(image.file_map["image"].filename)
         if data_file.suffix not in _COMPRESSED_SUFFIXES:  # compressed: size unknown until decompressed
             _check_complete(path, image, data_file.stat().st_size)
     return image
 
 
-def _load_from_content(path: Path) -> nib.Nifti1Image:
-    """A single-file NIfTI-1 or NIfTI-2 image from the file's (possibly gzip) bytes."""
-    raw = path.read_bytes()
-    if raw.startswith(b"\x1f\x8b"):
-        raw = gzip.decompress(raw)
-    for klass in (nib.Nifti1Image, nib.Nifti2Image):
-        if klass.header_class.may_contain_header(raw[: klass.header_class.sizeof_hdr]):
-            image = klass.from_bytes(raw)
-            _check_header(path, image)
-            _check_complete(path, image, len(raw))
-            return image
+def _load_from_content(path: Path, max_pixels: int | None) -> nib.Nifti1Image:
+    """A single-file NIfTI-1 or NIfTI-2 image from the file's (possibly gzip) bytes.
+
+    The header is parsed first and every voxel (all volumes: they are all held in memory here)
+    checked against the pixel budget; then only the bytes the header needs are decompressed, so
+    that gzip data running on far beyond the image cannot fill the memory.
+    """
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as handle:
+        head = handle.read(nib.Nifti2Header.sizeof_hdr)
+        for klass in (nib.Nifti1Image, nib.Nifti2Image):
+            size = klass.header_class.sizeof_hdr
+            if klass.header_class.may_contain_header(head[:size]):
+                header = klass.header_class.from_fileobj(io.BytesIO(head[:size]))
+                shape = header.get_data_shape()
+                _check_voxel_budget(path, shape, max_pixels)
+                needed = int(header["vox_offset"]) + math.prod(shape) * header.get_data_dtype().itemsize
+                raw = head + handle.read(max(needed - len(head), 0))
+                image = klass.from_bytes(raw)
+                _check_header(path, image)
+                _check_complete(path, image, len(raw))
+                return image
     raise UnreadableScanError(path, "not a NIfTI file: no valid NIfTI-1 or NIfTI-2 header")
+
+
+def _check_voxel_budget(path: Path, shape: Sequence[int], max_pixels: int | None) -> None:
+    dims = [int(n) for n in shape] or [0]
+    check_budget(path, math.prod(dims), max_pixels, f"{' x '.join(map(str, dims))} voxels")
 
 
 def _check_header(path: Path, image: nib.Nifti1Pair) -> None:

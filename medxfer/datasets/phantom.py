@@ -44,7 +44,8 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 from scipy import ndimage
 
-from medxfer.files import atomic_write_bytes, atomic_write_csv
+from medxfer.csvfiles import write_csv
+from medxfer.files import atomic_write_bytes
 
 LABELS = ("normal", "opacity")
 
@@ -604,7 +605,7 @@ def generate_cohort(out_dir: str | Path, *, n_patients: int = 80, seed: int = 0,
                                first_image=len(rows))
     rows.sort()
     columns = ("path", "label", "patient_id")
-    manifest = atomic_write_csv(root / "manifest.csv", columns, (dict(zip(columns, row, strict=True)) for row in rows))
+    manifest = write_csv(root / "manifest.csv", columns, (dict(zip(columns, row, strict=True)) for row in rows))
     volumes = tuple(
         _write_volume(np.random.default_rng(seed_seq), root / "volumes" / f"phantom-chest-{v:02d}.nii.gz")
         for v, seed_seq in enumerate(seeds[1 + n_patients:])
@@ -668,10 +669,10 @@ def write_site_study(cohort: CohortSummary, *, source: str = "site-a", target: s
     labelled = ("path", "label", "patient_id")
     root = cohort.manifest.parent
     return SiteStudy(
-        source=atomic_write_csv(root / f"manifest-{source}.csv", labelled, by_site[source], ignore_extra=True),
-        target_unlabelled=atomic_write_csv(root / f"manifest-{target}-unlabelled.csv", ("path",),
+        source=write_csv(root / f"manifest-{source}.csv", labelled, by_site[source], ignore_extra=True),
+        target_unlabelled=write_csv(root / f"manifest-{target}-unlabelled.csv", ("path",),
                                            [target_rows[i] for i in sorted(adapt)], ignore_extra=True),
-        target_test=atomic_write_csv(root / f"manifest-{target}-test.csv", labelled,
+        target_test=write_csv(root / f"manifest-{target}-test.csv", labelled,
                                      [target_rows[i] for i in sorted(test)], ignore_extra=True),
         n_source=len(by_site[source]),
         n_target_unlabelled=len(adapt),

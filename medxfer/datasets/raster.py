@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from medxfer.datasets.budget import check_budget
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
 from medxfer.datasets.scan import Scan, UnreadableScanError, first_line
 
@@ -46,15 +47,17 @@ _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width an
 _MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": None}
 
 
-def read_raster(path: Path, *, window: Window = "default") -> Scan:
+def read_raster(path: Path, *, window: Window = "default", max_pixels: int | None = None) -> Scan:
     """Read a PNG, JPEG or TIFF file into a ``Scan`` with float32 (H, W) pixels in [0, 1].
 
-    Raises ``UnreadableScanError`` for a missing, truncated, corrupt or unsupported file.
+    ``max_pixels``: the pixel budget (``medxfer.datasets.budget``), checked on the size the file
+    declares before decoding. Raises ``UnreadableScanError`` for a missing, truncated, corrupt
+    or unsupported file.
     """
     path = Path(path)
     window = parse_window(window)
     with _pillow_errors(path), _open(path) as image:
-        meta = _meta(path, image)
+        meta = _meta(path, image, max_pixels)
         samples = _gray_samples(path, ImageOps.exif_transpose(image))
     if window == "default":
         full_scale = np.iinfo(samples.dtype).max
@@ -67,7 +70,7 @@ def read_raster(path: Path, *, window: Window = "default") -> Scan:
     return Scan(pixels=pixels, meta=meta, path=path)
 
 
-def read_raster_header(path: Path) -> dict[str, Any]:
+def read_raster_header(path: Path, *, max_pixels: int | None = None) -> dict[str, Any]:
     """Metadata of a PNG, JPEG or TIFF file without decoding its pixels.
 
     Runs Pillow's ``verify()``, which checks what the format allows without decoding (PNG chunk
@@ -81,7 +84,7 @@ def read_raster_header(path: Path) -> dict[str, Any]:
         with _open(path) as image:
             image.verify()  # Pillow allows it only right after open, and the image is unusable after
         with _open(path) as image:
-            meta = _meta(path, image)
+            meta = _meta(path, image, max_pixels)
             width, height = _displayed_size(image)
     meta.update(bits_stored=_MODE_BITS.get(image.mode, 8), shape=(height, width))
     return meta
@@ -145,10 +148,13 @@ def _open(path: Path) -> Iterator[Image.Image]:
         yield image
 
 
-def _meta(path: Path, image: Image.Image) -> dict[str, Any]:
-    """Meta known before decoding; refuses floating-point samples, which have no display range."""
+def _meta(path: Path, image: Image.Image, max_pixels: int | None) -> dict[str, Any]:
+    """Meta known before decoding; refuses floating-point samples, which have no display range,
+    and a first page over the pixel budget."""
     if image.mode == "F":
         raise UnreadableScanError(path, "32-bit floating-point samples (mode F) are not supported")
+    width, height = image.size
+    check_budget(path, width * height, max_pixels, f"{width} x {height} pixels")
     return {
         "format": _FORMATS[image.format],
         "mode": image.mode,

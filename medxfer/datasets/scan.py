@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from medxfer.filenames import shown
+
 
 class MedxferWarning(UserWarning):
     """Base of medxfer's own warnings. Their text is written by medxfer and never holds patient
@@ -21,7 +23,7 @@ class UnreadableScanError(ValueError):
         self.path = Path(path)
         # One printable line whatever the source (decoder messages, bytes from a corrupt header).
         self.reason = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(f"{shown(self.path)}: {self.reason}")
 
 
 def first_line(exc: BaseException) -> str:

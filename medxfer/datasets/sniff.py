@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -36,19 +38,42 @@ def _nifti_header(head: bytes) -> bool:
     return False
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def read_head(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of ``path``, which must be a regular file.
+
+    Opened without blocking and checked on the open descriptor, so that a FIFO in a folder (whose
+    ``open`` would wait forever for a writer) or a device is refused instead of hanging the job,
+    and a file swapped for one after a check cannot slip through. Raises ``UnreadableScanError``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise UnreadableScanError(path, f"cannot be opened: {exc.strerror or exc}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+        raise UnreadableScanError(path, f"is {kind}, not a regular file")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        try:
+            return handle.read(size)
+        except OSError as exc:
+            raise UnreadableScanError(path, f"cannot be read: {exc.strerror or exc}") from None
+
+
 def sniff_format(path: str | Path) -> str:
     """Return ``dicom``, ``nifti``, ``png``, ``jpeg`` or ``tiff`` for ``path``, judged from its content.
 
-    Raises ``UnreadableScanError`` for an empty file, a directory, or content that is none of them.
+    Raises ``UnreadableScanError`` for an empty file, anything that is not a regular file (a
+    directory, a FIFO, a device, a socket), or content that is none of them.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(1024)
-    except IsADirectoryError:
-        raise UnreadableScanError(path, "is a directory, not a file") from None
-    except OSError as exc:
-        raise UnreadableScanError(path, f"cannot be opened: {exc.strerror or exc}") from None
+    head = read_head(path, 1024)
     if not head:
         raise UnreadableScanError(path, "empty file (0 bytes)")
     if head[128:132] == b"DICM":

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from medxfer.csvfiles import from_cell
 from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key, pseudonym_salt
 from medxfer.datasets.reader import read_header, read_scan
 from medxfer.datasets.scan import MedxferWarning, UnreadableScanError
+from medxfer.filenames import shown
 
 LAYOUTS = ("auto", "classes", "manifest", "unlabelled")
 MANIFEST_NAME = "manifest.csv"
@@ -61,7 +63,7 @@ class UnreadableFilesError(ValueError):
 
     def __init__(self, unreadable: list[UnreadableFile]) -> None:
         self.unreadable = unreadable
-        lines = "\n".join(f"  {item.path}: {item.reason}" for item in unreadable)
+        lines = "\n".join(f"  {shown(item.path)}: {item.reason}" for item in unreadable)
         super().__init__(
             f"{len(unreadable)} file(s) of the dataset cannot be read "
             f"(pass skip_unreadable=True / --skip-unreadable to leave them out):\n{lines}"
@@ -140,30 +142,30 @@ def _same_file_groups(paths: list[Path]) -> list[list[Path]]:
     return [sorted(names) for names in by_target.values() if len(names) > 1]
 
 
-def _probe(path: Path, decode: bool) -> dict[str, Any]:
+def _probe(path: Path, decode: bool, max_pixels: int | None) -> dict[str, Any]:
     """Header metadata of ``path``; with ``decode`` the whole image is decoded as a check."""
     if decode:
-        return dict(read_scan(path).meta)
-    return read_header(path)
+        return dict(read_scan(path, max_pixels=max_pixels).meta)
+    return read_header(path, max_pixels=max_pixels)
 
 
 def scan_headers(
-    paths: Iterable[Path], *, decode: bool = False
+    paths: Iterable[Path], *, decode: bool = False, max_pixels: int | None = None
 ) -> tuple[dict[Path, dict[str, Any]], list[UnreadableFile]]:
     """Read the header of every path; never raises for a bad file, records it instead.
 
     Memory stays flat whatever the number of files: pixels are not kept (with ``decode`` each
-    image is decoded and dropped before the next).
+    image is decoded and dropped before the next). ``max_pixels``: the pixel budget.
     """
     headers: dict[Path, dict[str, Any]] = {}
     unreadable: list[UnreadableFile] = []
     for path in paths:
         try:
-            headers[path] = _probe(path, decode)
+            headers[path] = _probe(path, decode, max_pixels)
         except UnreadableScanError as exc:
             unreadable.append(UnreadableFile(path, exc.reason))
         except Exception as exc:  # a bug or an exotic file must not end a scan of thousands
-            unreadable.append(UnreadableFile(path, f"unexpected error: {type(exc).__name__}: {exc}"))
+            unreadable.append(UnreadableFile(path, f"unexpected error: {type(exc).__name__}"))
     return headers, unreadable
 
 
@@ -171,7 +173,7 @@ def _record(path: Path, header: dict[str, Any], label: str | None) -> ScanRecord
     return ScanRecord(path=path, label=label, patient_key=header.get("patient_key"), meta=header)
 
 
-def from_class_folders(root: str | Path, *, decode: bool = False) -> ScanSet:
+def from_class_folders(root: str | Path, *, decode: bool = False, max_pixels: int | None = None) -> ScanSet:
     """A folder with one subfolder per class; every file below a subfolder has that label.
 
     A file reachable under two names (through a link) is read once if both names are in one
@@ -189,19 +191,19 @@ def from_class_folders(root: str | Path, *, decode: bool = False) -> ScanSet:
         for name in names if len(labels) > 1 else names[1:]:  # one class: keep the first name
             del label_of[name]
     labelled = [p for p in files if p in label_of]
-    headers, failed = scan_headers(labelled, decode=decode)
+    headers, failed = scan_headers(labelled, decode=decode, max_pixels=max_pixels)
     records = [_record(p, headers[p], label_of[p]) for p in labelled if p in headers]
     return ScanSet(root, "classes", records, sorted(unreadable + failed, key=lambda u: u.path))
 
 
-def from_unlabelled_folder(root: str | Path, *, decode: bool = False) -> ScanSet:
+def from_unlabelled_folder(root: str | Path, *, decode: bool = False, max_pixels: int | None = None) -> ScanSet:
     """Every file below ``root`` (recursively), without labels: for inference and adaptation.
     A file reachable under several names (through links) is read once, under its first name."""
     root = Path(os.path.abspath(root))
     files, unreadable = iter_files(root)
     repeats = {name for names in _same_file_groups(files) for name in names[1:]}
     files = [p for p in files if p not in repeats]
-    headers, failed = scan_headers(files, decode=decode)
+    headers, failed = scan_headers(files, decode=decode, max_pixels=max_pixels)
     records = [_record(p, headers[p], None) for p in files if p in headers]
     return ScanSet(root, "unlabelled", records, sorted(unreadable + failed, key=lambda u: u.path))
 
@@ -237,7 +239,9 @@ def normalise_column(name: str) -> str:
 
 
 def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
-    """Rows of a manifest keyed by normalised column names; identifying columns are dropped.
+    """Rows of a manifest keyed by normalised column names; identifying columns are dropped, and
+    a value's leading apostrophe (the mark medxfer's own CSVs put before a cell a spreadsheet
+    would run as a formula, ``medxfer.csvfiles``) is removed, so they can serve as manifests.
 
     Raises ``ManifestError`` naming the manifest (and row) for anything that is not a readable
     UTF-8 CSV with a ``path`` column and distinct column names.
@@ -278,7 +282,8 @@ def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
                 padded = values + [""] * (len(columns) - len(values))
                 if any(v.strip() for c, v in zip(columns, padded, strict=True) if not c):
                     raise ManifestError(f"{manifest}, line {reader.line_num}: a value in a column without a name")
-                rows.append({c: v for c, v in zip(columns, padded, strict=True) if c and not is_identifying_column(c)})
+                rows.append({c: from_cell(v) for c, v in zip(columns, padded, strict=True)
+                             if c and not is_identifying_column(c)})
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
     except csv.Error as exc:
@@ -286,7 +291,24 @@ def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
     return rows
 
 
-def from_manifest(manifest: str | Path, *, decode: bool = False) -> ScanSet:
+def manifest_path(root: Path, value: str, where: str) -> Path:
+    """The file a manifest's ``path`` cell names: surrounding spaces dropped, ``\\`` read as ``/``
+    (paths written on Windows), relative to the manifest's folder ``root``, normalised with
+    symbolic links kept as named. Raises ``ManifestError`` for an empty path or a NUL character."""
+    raw = value.strip().replace("\\", "/")
+    if not raw:
+        raise ManifestError(f"{where}: empty path")
+    if "\x00" in raw:
+        raise ManifestError(f"{where}: the path contains a NUL character")
+    return Path(os.path.abspath(root / raw))
+
+
+def missing_reason(path: Path) -> str:
+    """Why a listed file cannot be read before opening it: not found, or not a regular file."""
+    return "listed in the manifest but not found" if not path.exists() else "not a regular file"
+
+
+def from_manifest(manifest: str | Path, *, decode: bool = False, max_pixels: int | None = None) -> ScanSet:
     """A CSV with ``path`` (relative to the manifest), optional ``label``, ``patient_id``,
     ``split`` and any metadata columns (sex, age, site, view...), whose values override the
     files' headers. ``patient_id`` is replaced by its pseudonymous key on reading."""
@@ -297,20 +319,15 @@ def from_manifest(manifest: str | Path, *, decode: bool = False) -> ScanSet:
     entries = []
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         where = f"{manifest}, row {number}"
-        if not row["path"].strip():
-            raise ManifestError(f"{where}: empty path")
-        raw_path = row["path"].strip().replace("\\", "/")  # tolerate paths written on Windows
-        if "\x00" in raw_path:
-            raise ManifestError(f"{where}: the path contains a NUL character")
-        path = Path(os.path.abspath(root / raw_path))  # normalised, symlinks kept as named
+        path = manifest_path(root, row["path"], where)
         target = os.path.realpath(path)
         if target in seen:
             raise ManifestError(f"{where}: {row['path']} is the same file as row {seen[target]}")
         seen[target] = number
         entries.append((path, row, _normalise_split(row.get("split", ""), where)))
-    present = [path for path, _, _ in entries if path.is_file()]
-    headers, unreadable = scan_headers(present, decode=decode)
-    unreadable += [UnreadableFile(p, "listed in the manifest but not found") for p, _, _ in entries if not p.is_file()]
+    present = [path for path, _, _ in entries if path.exists() and not path.is_dir()]
+    headers, unreadable = scan_headers(present, decode=decode, max_pixels=max_pixels)  # special files: by sniffing
+    unreadable += [UnreadableFile(p, missing_reason(p)) for p, _, _ in entries if p not in present]
     records = []
     for path, row, split in entries:
         if path not in headers:
@@ -350,10 +367,12 @@ def looks_like_class_folders(path: Path) -> bool:
     return path.is_dir() and not (path / MANIFEST_NAME).is_file() and _only_folders(path)
 
 
-def load_scans(path: str | Path, *, layout: str = "auto", decode: bool = False, labelled: bool = False) -> ScanSet:
+def load_scans(path: str | Path, *, layout: str = "auto", decode: bool = False, labelled: bool = False,
+               max_pixels: int | None = None) -> ScanSet:
     """Index a dataset from any source, recording unreadable files instead of failing.
 
-    ``layout="auto"`` reads a folder of subfolders as class folders only when ``labelled``.
+    ``layout="auto"`` reads a folder of subfolders as class folders only when ``labelled``;
+    ``max_pixels``: the pixel budget (``medxfer.datasets.budget``) files are refused beyond.
     """
     path = Path(path)
     if layout not in LAYOUTS:
@@ -365,18 +384,19 @@ def load_scans(path: str | Path, *, layout: str = "auto", decode: bool = False, 
         manifest = path / MANIFEST_NAME if path.is_dir() else path
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest}: no such manifest")
-        return from_manifest(manifest, decode=decode)
+        return from_manifest(manifest, decode=decode, max_pixels=max_pixels)
     if not path.is_dir():
         raise NotADirectoryError(f"{path}: layout {layout!r} needs a folder")
     if layout == "classes":
-        return from_class_folders(path, decode=decode)
-    return from_unlabelled_folder(path, decode=decode)
+        return from_class_folders(path, decode=decode, max_pixels=max_pixels)
+    return from_unlabelled_folder(path, decode=decode, max_pixels=max_pixels)
 
 
-def load_labelled(path: str | Path, *, layout: str = "auto", skip_unreadable: bool = False) -> ScanSet:
+def load_labelled(path: str | Path, *, layout: str = "auto", skip_unreadable: bool = False,
+                  max_pixels: int | None = None) -> ScanSet:
     """A labelled training set: every record must have a label, and unreadable files stop it
     early, all listed at once, unless ``skip_unreadable`` (they stay listed in ``unreadable``)."""
-    scans = load_scans(path, layout=layout, labelled=True)
+    scans = load_scans(path, layout=layout, labelled=True, max_pixels=max_pixels)
     if layout == "auto" and scans.layout == "classes":
         _refuse_patient_folders(scans)
     if scans.layout == "unlabelled":

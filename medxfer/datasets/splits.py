@@ -8,8 +8,6 @@ whatever salt the keys were made with.
 
 from __future__ import annotations
 
-import csv
-import io
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -17,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
+from medxfer.csvfiles import write_csv
 from medxfer.datasets.scan import MedxferWarning
 from medxfer.datasets.sources import ScanRecord, ScanSet, with_splits
-from medxfer.files import atomic_write_text
+from medxfer.filenames import shown
 
 SPLITS = ("train", "val", "test")
 SPLITS_CSV_COLUMNS = ("path", "label", "split", "patient_key")
@@ -121,7 +120,7 @@ def check_no_leakage(records: list[ScanRecord]) -> None:
     if leaked:
         lines = [
             f"  patient {key} in {', '.join(sorted(splits_of[key]))}: "
-            + ", ".join(str(p) for p in files_of[key][:4])
+            + ", ".join(shown(p) for p in files_of[key][:4])
             for key in leaked[:10]
         ]
         more = f"\n  ... and {len(leaked) - 10} more" if len(leaked) > 10 else ""
@@ -192,11 +191,11 @@ def split_counts(scans: ScanSet) -> dict[str, dict[str, int]]:
 
 def write_splits_csv(scans: ScanSet, path: str | Path) -> Path:
     """Write ``path,label,split,patient_key`` for every record (paths relative to the data root),
-    atomically, after checking for leakage. The patient key is the pseudonym, never the raw id."""
+    atomically, after checking for leakage. The patient key is the pseudonym, never the raw id.
+    File names of any bytes round-trip, and no cell runs as a spreadsheet formula
+    (``medxfer.csvfiles``)."""
     check_no_leakage(scans.records)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(SPLITS_CSV_COLUMNS)
-    for record in sorted(scans.records, key=lambda r: r.path.as_posix()):
-        writer.writerow([scans.relative(record.path), record.label or "", record.split or "", record.patient_key or ""])
-    return atomic_write_text(path, buffer.getvalue())
+    rows = ({"path": scans.relative(record.path), "label": record.label, "split": record.split,
+             "patient_key": record.patient_key}
+            for record in sorted(scans.records, key=lambda r: r.path.as_posix()))
+    return write_csv(path, SPLITS_CSV_COLUMNS, rows)

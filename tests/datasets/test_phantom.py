@@ -113,7 +113,7 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path: Path, monkeypa
             return real(path, *args, **kwargs)
         return write
 
-    for name in ("atomic_write_bytes", "atomic_write_csv"):
+    for name in ("atomic_write_bytes", "write_csv"):
         monkeypatch.setattr(phantom, name, spy(getattr(phantom, name)))
     summary = generate_cohort(tmp_path / "out", n_patients=6, seed=2, n_volumes=1)
     files = sorted(p for p in summary.root.rglob("*") if p.is_file())

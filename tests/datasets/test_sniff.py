@@ -56,3 +56,36 @@ def test_unrecognised_files_are_refused_with_a_reason(tmp_path, content, reason)
 def test_directory_is_refused(tmp_path):
     with pytest.raises(UnreadableScanError, match="is a directory"):
         sniff_format(tmp_path)
+
+
+def _sniff_within(path, seconds: float = 10.0):
+    """sniff_format(path) in a thread: the test fails instead of hanging if it blocks."""
+    import threading
+
+    result: list = []
+
+    def run() -> None:
+        try:
+            result.append(sniff_format(path))
+        except UnreadableScanError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"sniff_format({path}) blocked"
+    return result[0]
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    import os
+
+    fifo = tmp_path / "scan.dcm"
+    os.mkfifo(fifo)
+    outcome = _sniff_within(fifo)
+    assert isinstance(outcome, UnreadableScanError) and "FIFO" in outcome.reason and "not a regular file" in outcome.reason
+
+
+def test_a_device_is_refused():
+    outcome = _sniff_within("/dev/zero")  # would otherwise read as 1024 zero bytes
+    assert isinstance(outcome, UnreadableScanError) and "character device" in outcome.reason

@@ -166,3 +166,14 @@ def test_some_files_without_patient_id_are_counted_in_a_warning(cohort):
     records = [dataclasses.replace(r, patient_key=None) if i < 5 else r for i, r in enumerate(data.records)]
     with pytest.warns(SplitWarning, match=f"5 of {len(records)} file\\(s\\) have no patient id"):
         assign_splits(dataclasses.replace(data, records=records))
+
+
+def test_a_label_a_spreadsheet_would_run_is_written_as_text_and_read_back(cohort, tmp_path):
+    from medxfer import csvfiles
+
+    rows = [{**row, "path": str(cohort.root / row["path"]),
+             "label": "=HYPERLINK(1)" if row["label"] == "opacity" else row["label"]} for row in manifest_rows(cohort)]
+    manifest = write_rows(tmp_path / "m.csv", rows, ["path", "label", "patient_id"])
+    out = write_splits_csv(assign_splits(load_labelled(manifest)), tmp_path / "splits.csv")
+    assert b",'=HYPERLINK(1)," in out.read_bytes()
+    assert {row["label"] for row in csvfiles.read_csv(out)} == {"normal", "=HYPERLINK(1)"}
