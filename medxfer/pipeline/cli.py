@@ -33,6 +33,7 @@ from medxfer.datasets.splits import (
     write_splits_csv,
 )
 from medxfer.datasets.volume import VOLUME_STRATEGIES
+from medxfer.filenames import printable, shown
 
 DESCRIPTION = """\
 medxfer turns a small set of labelled scans (DICOM, NIfTI, PNG/JPEG/TIFF) into a classifier you
@@ -50,6 +51,11 @@ Patient names, IDs, birth dates and accession numbers never appear in any output
 """
 
 MAX_ROWS = 8
+# What a user can do after Ctrl-C, per command (outputs are written atomically: none is half-written).
+RESUME_HINTS = {
+    "predict": "the scans done so far are kept in OUT.parts/: run the same command again to continue",
+    "train": "run the same command with --resume to continue from the last finished epoch",
+}
 PRESET_CHOICES = ("none", "light", "standard", "strong")  # medxfer.transforms.PRESET_NAMES, without importing MONAI
 
 
@@ -63,7 +69,7 @@ def _format_counts(counts: dict[str, int]) -> str:
 
 def _print_summary(summary: dict[str, Any]) -> None:
     layouts = {"classes": "class folders", "manifest": "manifest", "unlabelled": "unlabelled folder"}
-    print(f"{summary['path']} (read as: {layouts[summary['layout']]})")
+    print(f"{shown(summary['path'])} (read as: {layouts[summary['layout']]})")
     print(f"  files        {summary['files']} ({summary['readable']} readable, {len(summary['unreadable'])} unreadable)")
     print(f"  format       {_format_counts(summary['by_format'])}")
     print(f"  modality     {_format_counts(summary['by_modality'])}")
@@ -80,7 +86,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary["unreadable"]:
         print(f"unreadable files ({len(summary['unreadable'])}):")
         for item in summary["unreadable"]:
-            print(f"  {item['path']}: {item['reason']}")
+            print(f"  {shown(item['path'])}: {item['reason']}")
 
 
 def _print_splits(scans: ScanSet) -> None:
@@ -92,7 +98,7 @@ def _print_splits(scans: ScanSet) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    summary = inspect_path(args.path, layout=args.layout, decode=args.decode)
+    summary = inspect_path(args.path, layout=args.layout, decode=args.decode, max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -104,13 +110,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    scans = load_labelled(args.path, layout=args.layout, skip_unreadable=args.skip_unreadable)
+    scans = load_labelled(args.path, layout=args.layout, skip_unreadable=args.skip_unreadable,
+                          max_pixels=args.max_pixels)
     scans = assign_splits(scans, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
     out = write_splits_csv(scans, args.out)
     _print_splits(scans)
     if scans.unreadable:
-        print(f"  skipped {len(scans.unreadable)} unreadable file(s); see `medxfer inspect {args.path}`")
-    print(f"wrote {out}")
+        print(f"skipped {len(scans.unreadable)} unreadable file(s):")
+        for item in scans.unreadable:
+            print(f"  {shown(item.path)}: {item.reason}")
+    print(f"wrote {shown(out)}")
     return 0
 
 
@@ -172,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     evaluate_run(args.run_dir, args.data, args.out, layout=args.layout, bootstrap=args.bootstrap,
                  subgroups=tuple(args.subgroup) or None, intersections=tuple(args.intersection) or None,
-                 device=args.device, workers=args.workers)
+                 device=args.device, workers=args.workers, max_pixels=args.max_pixels)
     return 0
 
 
@@ -194,7 +203,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predict_scans(args.run_dir, args.scans, args.out, batch_size=args.batch_size, workers=args.workers,
                   device=args.device, threshold=args.threshold, slices=args.slices,
-                  slice_aggregate=args.slice_aggregate, chunk=args.chunk)
+                  slice_aggregate=args.slice_aggregate, chunk=args.chunk, max_pixels=args.max_pixels)
     return 0
 
 
@@ -264,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="how to read PATH (default: auto)")
     p.add_argument("--decode", action="store_true",
                    help="also decode every image (slower; finds corrupt compressed pixel data)")
+    _max_pixels_flag(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("split", help="split a labelled dataset by patient into train/val/test",
@@ -276,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.15, help="share for test (default: 0.15)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="how to read PATH (default: auto)")
     p.add_argument("--skip-unreadable", action="store_true", help="leave unreadable files out instead of stopping")
+    _max_pixels_flag(p)
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("phantom", help="write a synthetic chest X-ray cohort (DICOM + NIfTI) for trying things out",
@@ -352,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report the intersection of two attributes, e.g. 'sex x age_band' (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--workers", type=count, default=0, help="decoding processes (default: 0, in this process)")
+    _max_pixels_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export a trained run as one TorchScript or ONNX file",
@@ -395,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "those of the slice with the highest probability of the positive class (default: mean)")
     p.add_argument("--chunk", type=positive, default=256,
                    help="scans per part file written to OUT.parts/ while the job runs (default: 256)")
+    _max_pixels_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on a phantom two-site cohort",
@@ -419,6 +432,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     (patient identifiers included), so it is not echoed."""
     if issubclass(category, MedxferWarning):
         print(f"medxfer: warning: {message}", file=sys.stderr)
+
+
+def _max_pixels_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-pixels", type=positive, metavar="N",
+                        help="refuse, before decoding, a file that would decode to more than N pixels or voxels "
+                             "(default: $MEDXFER_MAX_PIXELS, else 134217728 = 2^27)")
 
 
 def count(text: str) -> int:
@@ -455,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `medxfer inspect --json | head`: the reader has gone, not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python's exit flush quiet
         return 0
+    except KeyboardInterrupt:
+        print(f"\nmedxfer {args.command}: interrupted; {RESUME_HINTS.get(args.command, 'nothing was left half-written')}",
+              file=sys.stderr)
+        return 130
     except (UnreadableFilesError, ManifestError, SplitError, PatientLeakageError, OSError, ValueError) as exc:
-        print(f"medxfer {args.command}: error: {exc}", file=sys.stderr)
+        print(printable(f"medxfer {args.command}: error: {exc}"), file=sys.stderr)
         return 1

@@ -59,6 +59,7 @@ class TrainConfig:
     out: str | None = None  # run directory (the command line fills a default)
     layout: str = "auto"  # one of medxfer.datasets.sources.LAYOUTS
     skip_unreadable: bool = False
+    max_pixels: int | str = "auto"  # pixel budget per file; auto: $MEDXFER_MAX_PIXELS or 2^27 (datasets.budget)
     window: str = "default"  # default | minmax | percentile | CENTER,WIDTH
     volume_strategy: str = "middle"  # middle | mip | 2.5d
     val_fraction: float = 0.15
@@ -382,6 +383,7 @@ _RULES: dict[str, _Rule] = {
     "out": _Rule("a path", _path),
     "layout": _choice(LAYOUTS),
     "skip_unreadable": _bool(),
+    "max_pixels": _auto_or(_int(1)),
     "window": _Rule(
         '"default", "minmax", "percentile" or CENTER,WIDTH with WIDTH > 0', _window
     ),

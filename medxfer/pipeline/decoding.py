@@ -11,6 +11,10 @@ and inference see the same pixels. Memory: about 4 bytes x image_size^2 per scan
 Inference (``medxfer predict`` and ``medxfer evaluate``) keeps nothing: ``prepared_batches``
 decodes and prepares scans batch by batch in DataLoader workers while the network runs;
 ``medxfer predict --slices`` takes every slice of a volume through ``PreparedSlices``.
+
+Every path here refuses a blank image (one value everywhere after the window), applies the
+pixel budget of ``DecodeSettings.max_pixels``, and decodes in workers through
+``recovering_loader``, so that a worker's death costs only the file it was reading.
 """
 
 from __future__ import annotations
@@ -20,27 +24,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from medxfer.datasets.reader import read_scan
-from medxfer.datasets.scan import UnreadableScanError
+from medxfer.datasets.scan import Scan, UnreadableScanError
 from medxfer.datasets.sources import UnreadableFile
 from medxfer.datasets.volume import volume_to_2d
+from medxfer.pipeline.recovering_loader import InFlight, RecoveringLoader
 from medxfer.transforms.preparation import InputSpec, resize_to_fit
 
 # The volume strategies whose 2D input is built around one slice, so that a network trained on
 # them can be shown every slice in turn ("mip" sees the whole volume at once: no slice to move).
 SLICE_STRATEGIES = ("middle", "2.5d")
+# Pixels in [0, 1] whose range is no wider than this are one value: a blank image.
+BLANK_RANGE = 1e-6
 
 
 @dataclass(frozen=True)
 class DecodeSettings:
     """How a scan becomes a 2D image: ``window`` as ``read_scan`` takes it, ``volume_strategy``
-    as ``volume_to_2d`` takes it, ``spec`` the network input it is resized for."""
+    as ``volume_to_2d`` takes it, ``spec`` the network input it is resized for, ``max_pixels``
+    the pixel budget (None: ``medxfer.datasets.budget``'s default)."""
 
     spec: InputSpec
     window: str = "default"
     volume_strategy: str = "middle"
+    max_pixels: int | None = None
+
+
+def _read(path: Path, settings: DecodeSettings) -> Scan:
+    """The scan, refused when it is blank: an image whose pixels all have one value after the
+    window (an empty TIFF page, a window that a negative rescale slope pushes everything out of)
+    holds nothing to classify, yet the network would still give it a confident probability."""
+    scan = read_scan(path, window=settings.window, max_pixels=settings.max_pixels)
+    low, high = float(scan.pixels.min()), float(scan.pixels.max())
+    if high - low <= BLANK_RANGE:
+        raise UnreadableScanError(path, f"blank image: every pixel has the value {low:.3f} after the window "
+                                        f"({scan.meta.get('window', 'default')}), so there is nothing to classify")
+    return scan
 
 
 def decode_scan(path: Path, settings: DecodeSettings) -> torch.Tensor:
@@ -51,7 +72,7 @@ def decode_scan(path: Path, settings: DecodeSettings) -> torch.Tensor:
 
 def decode_with_meta(path: Path, settings: DecodeSettings) -> tuple[torch.Tensor, dict]:
     """``decode_scan`` and the scan's non-identifying metadata (``Scan.meta``)."""
-    scan = read_scan(path, window=settings.window)
+    scan = _read(path, settings)
     pixels = volume_to_2d(scan.pixels, settings.volume_strategy) if scan.is_volume else scan.pixels
     try:
         return resize_to_fit(pixels, settings.spec).contiguous(), dict(scan.meta)
@@ -78,7 +99,7 @@ def decode_slices(path: Path, settings: DecodeSettings,
     as its one image) and the metadata. Memory beyond the decoded volume: the returned tensor,
     n x C x h x w x 4 bytes (0.6 MB per slice at 224 pixels and 3 channels)."""
     check_slice_strategy(settings.volume_strategy)
-    scan = read_scan(path, window=settings.window)
+    scan = _read(path, settings)
     numbers = list(range(scan.pixels.shape[0])) if scan.is_volume else None
     stack: torch.Tensor | None = None
     for k, number in enumerate(numbers or [None]):
@@ -103,62 +124,93 @@ def _failure(exc: Exception) -> str:
 
 
 class _Decoded(Dataset):
-    def __init__(self, paths: Sequence[Path], settings: DecodeSettings) -> None:
-        self.paths, self.settings = list(paths), settings
+    """Item ``k``: ``(index, image, None)`` for scan ``indices[k]`` of ``paths`` (``decode_scan``),
+    or ``(index, None, reason)``."""
+
+    def __init__(self, paths: Sequence[Path], indices: Sequence[int], settings: DecodeSettings,
+                 in_flight: InFlight | None) -> None:
+        self.paths, self.indices, self.settings, self.in_flight = paths, list(indices), settings, in_flight
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.indices)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, str | None]:
+        index = self.indices[position]
+        if self.in_flight is not None:
+            self.in_flight.start(index)
         try:
             return index, decode_scan(self.paths[index], self.settings), None
         except UnreadableScanError as exc:
-            return index, None, exc.reason
+            return self.failed_item(index, exc.reason)
+        finally:
+            if self.in_flight is not None:
+                self.in_flight.done()
+
+    def failed_item(self, index: int, reason: str) -> tuple[int, None, str]:
+        return index, None, reason
 
 
 def decode_all(
     paths: Sequence[Path], settings: DecodeSettings, *, workers: int = 0
 ) -> tuple[list[torch.Tensor | None], list[UnreadableFile]]:
-    """Decode ``paths`` in ``workers`` background processes (0: in this one).
+    """Decode ``paths`` in ``workers`` background processes (0: in this one); a worker that dies
+    costs only the file it was reading (``recovering_loader``).
 
     Returns one image per path (``None`` where the file could not be decoded) and the list of
-    files that could not, with the reason; the order of the paths is kept.
+    files that could not, with the reason, both in the order of the paths.
     """
     images: list[torch.Tensor | None] = [None] * len(paths)
-    failed: list[UnreadableFile] = []
-    loader = DataLoader(_Decoded(paths, settings), batch_size=None, num_workers=workers)
-    for index, image, reason in loader:
-        if image is None:
-            failed.append(UnreadableFile(paths[index], reason))
-        else:
-            # A worker's tensor lives in shared memory, one file descriptor each: copy it out, or
-            # thousands of kept images would exhaust descriptors and /dev/shm.
-            images[index] = image.clone() if workers else image
-    return images, failed
+    failed: dict[int, UnreadableFile] = {}
+
+    def make(chosen: Sequence[int], in_flight: InFlight | None) -> Dataset:
+        return _Decoded(paths, chosen, settings, in_flight)
+
+    for batch in RecoveringLoader(make, range(len(paths)), batch_size=1, workers=workers):
+        for index, image, reason in batch:
+            if image is None:
+                failed[index] = UnreadableFile(paths[index], reason)
+            else:
+                # A worker's tensor lives in shared memory, one file descriptor each: copy it out, or
+                # thousands of kept images would exhaust descriptors and /dev/shm.
+                images[index] = image.clone() if workers else image
+    return images, [failed[index] for index in sorted(failed)]
 
 
 class PreparedScans(Dataset):
     """Scans ready for the network, for inference: item ``k`` is scan ``indices[k]`` of ``paths``
     as ``(index, tensor, meta, None)``, the tensor prepared by ``XrayPipeline(spec, "none")``
     (what training feeds the network), or ``(index, None, {}, reason)`` when the file cannot be
-    read. Never raises for a bad file, so that one file cannot end a job over thousands."""
+    read. Never raises for a bad file, so that one file cannot end a job over thousands; marks the
+    file in hand in ``in_flight`` (``recovering_loader``) so that a worker's death costs only it."""
 
-    def __init__(self, paths: Sequence[Path], indices: Sequence[int], settings: DecodeSettings) -> None:
+    def __init__(self, paths: Sequence[Path], indices: Sequence[int], settings: DecodeSettings,
+                 in_flight: InFlight | None = None) -> None:
         from medxfer.transforms.pipeline import XrayPipeline  # MONAI: imported when a job needs it
 
-        self.paths, self.indices, self.settings = paths, list(indices), settings
+        self.paths, self.indices, self.settings, self.in_flight = paths, list(indices), settings, in_flight
         self.plain = XrayPipeline(settings.spec, "none")
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, dict, str | None]:
+    def __getitem__(self, position: int) -> tuple:
         index = self.indices[position]
+        if self.in_flight is not None:
+            self.in_flight.start(index)
         try:
-            image, meta = decode_with_meta(self.paths[index], self.settings)
-            return index, self.plain(image), meta, None
+            return self._prepare(index)
         except Exception as exc:  # noqa: BLE001 - see _failure
-            return index, None, {}, _failure(exc)
+            return self.failed_item(index, _failure(exc))
+        finally:
+            if self.in_flight is not None:
+                self.in_flight.done()
+
+    def _prepare(self, index: int) -> tuple[int, torch.Tensor, dict, None]:
+        image, meta = decode_with_meta(self.paths[index], self.settings)
+        return index, self.plain(image), meta, None
+
+    def failed_item(self, index: int, reason: str) -> tuple[int, None, dict, str]:
+        return index, None, {}, reason
 
 
 class PreparedSlices(PreparedScans):
@@ -167,27 +219,28 @@ class PreparedSlices(PreparedScans):
     the network and ``slices`` their numbers, or n = 1 and ``slices`` None for a 2D scan; or
     ``(index, None, {}, reason, None)`` when the file cannot be read."""
 
-    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, dict, str | None, list[int] | None]:
-        index = self.indices[position]
-        try:
-            images, numbers, meta = decode_slices(self.paths[index], self.settings, self.plain)
-            return index, images, meta, None, numbers
-        except Exception as exc:  # noqa: BLE001 - see _failure
-            return index, None, {}, _failure(exc), None
+    def _prepare(self, index: int) -> tuple[int, torch.Tensor, dict, None, list[int] | None]:
+        images, numbers, meta = decode_slices(self.paths[index], self.settings, self.plain)
+        return index, images, meta, None, numbers
 
-
-def _as_list(batch: list) -> list:
-    return batch
+    def failed_item(self, index: int, reason: str) -> tuple[int, None, dict, str, None]:
+        return index, None, {}, reason, None
 
 
 def prepared_batches(paths: Sequence[Path], indices: Sequence[int], settings: DecodeSettings, *, batch_size: int,
-                     workers: int, slices: bool = False) -> DataLoader:
-    """Batches (lists of ``PreparedScans`` items, in the order of ``indices``) decoded in
-    ``workers`` background processes while the caller runs the network. ``slices``: items of
-    ``PreparedSlices`` instead, one file per batch and one batch ahead per worker (a volume can
-    hold hundreds of slices; each volume in flight passes through shared memory)."""
+                     workers: int, slices: bool = False) -> RecoveringLoader:
+    """Batches (lists of ``PreparedScans`` items) decoded in ``workers`` background processes
+    while the caller runs the network; a worker that dies turns only the file it was reading into
+    an error item (``recovering_loader``). ``slices``: items of ``PreparedSlices`` instead, one
+    file per batch and one batch ahead per worker (a volume can hold hundreds of slices; each
+    volume in flight passes through shared memory). Within a loader, items come in the order of
+    ``indices``; after a worker's death the rest follow a new loader."""
+    kind = PreparedSlices if slices else PreparedScans
+
+    def make(chosen: Sequence[int], in_flight: InFlight | None) -> Dataset:
+        return kind(paths, chosen, settings, in_flight)
+
     if slices:
-        return DataLoader(PreparedSlices(paths, indices, settings), batch_size=1, num_workers=workers,
-                          collate_fn=_as_list, **({"prefetch_factor": 1} if workers else {}))
-    return DataLoader(PreparedScans(paths, indices, settings), batch_size=batch_size, num_workers=workers,
-                      collate_fn=_as_list)
+        return RecoveringLoader(make, indices, batch_size=1, workers=workers,
+                                **({"prefetch_factor": 1} if workers else {}))
+    return RecoveringLoader(make, indices, batch_size=batch_size, workers=workers)

@@ -88,6 +88,15 @@ class Distributed:
         dist.all_gather(parts, rows.to(self.device))
         return torch.cat([part.to(rows.device) for part in parts])
 
+    def all_true(self, value: bool) -> bool:
+        """True on every process when ``value`` is true on every process (a barrier too), so that
+        all stop together when one cannot go on."""
+        if not self.enabled:
+            return value
+        flag = torch.tensor([1 if value else 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -11,8 +11,6 @@ from ``history.csv``.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from medxfer.csvfiles import read_csv, write_csv
 from medxfer.datasets.sources import ScanRecord, ScanSet, UnreadableFile, load_scans
-from medxfer.files import atomic_write_text
+from medxfer.filenames import shown
 from medxfer.pipeline.config import load_config
 from medxfer.pipeline.decoding import DecodeSettings, prepared_batches
 from medxfer.pipeline.environment import ENVIRONMENT_FILE, environment_info, records_manifest_hash, write_environment
@@ -55,7 +54,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _read_history(path: Path) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
-    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    rows = read_csv(path)
     return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v not in ("", None)} for row in rows]
 
 
@@ -79,8 +78,8 @@ def load_evaluator(run_dir: Path) -> Evaluator:
         raise RunNotFoundError(f"{run_dir / CALIBRATION_FILE}: {exc}") from None
 
 
-def _labelled_records(data: Path, layout: str, classes: list[str]) -> ScanSet:
-    scans = load_scans(data, layout=layout, labelled=True)
+def _labelled_records(data: Path, layout: str, classes: list[str], max_pixels: int | None) -> ScanSet:
+    scans = load_scans(data, layout=layout, labelled=True, max_pixels=max_pixels)
     if scans.layout == "unlabelled":
         raise ValueError(f"{data}: no labels found (give a folder of class subfolders or a manifest with a label "
                          "column); to score unlabelled scans use medxfer predict")
@@ -118,21 +117,15 @@ def _score(scans: ScanSet, model: torch.nn.Module, settings: DecodeSettings, dev
     return kept, (np.concatenate(logits) if logits else np.empty((0, width), np.float32)), failed
 
 
-def _csv(rows: list[list[Any]]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
-
-
 def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None = None, *, layout: str = "auto",
                  bootstrap: int | None = None, subgroups: tuple[str, ...] | None = None,
                  intersections: tuple[str, ...] | None = None, device: str = "auto", workers: int = 0,
-                 log: Callable[[str], None] = print) -> Evaluation:
+                 max_pixels: int | None = None, log: Callable[[str], None] = print) -> Evaluation:
     """Score the labelled set ``data`` with the finished run ``run_dir`` and write
     ``metrics.json``, ``report.html``, ``model_card.md``, ``predictions.csv``,
     ``environment.json`` and, if some files could not be read, ``unreadable.csv`` into ``out``
     (default ``RUN_DIR/evaluations/<data set name>``). ``bootstrap``, ``subgroups`` and
-    ``intersections`` override the run's settings."""
+    ``intersections`` override the run's settings; ``max_pixels`` the run's pixel budget."""
     run_dir, data = Path(run_dir), Path(data)
     check_run(run_dir)
     if not data.exists():
@@ -153,10 +146,12 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
         raise RunNotFoundError(f"{run_dir}: {CALIBRATION_FILE} and model.json name different classes")
     torch_device = resolve_device(device)
     model.to(torch_device)
-    scans = _labelled_records(data, layout, classes)
-    log(f"evaluating {run_dir} on {len(scans.records)} labelled scans from {data}")
+    if max_pixels is None and config.max_pixels != "auto":
+        max_pixels = int(config.max_pixels)
+    scans = _labelled_records(data, layout, classes, max_pixels)
+    log(f"evaluating {shown(run_dir)} on {len(scans.records)} labelled scans from {shown(data)}")
     settings = DecodeSettings(spec, recipe.get("window", config.window),
-                              recipe.get("volume_strategy", config.volume_strategy))
+                              recipe.get("volume_strategy", config.volume_strategy), max_pixels)
     kept, logits, failed = _score(scans, model, settings, torch_device, workers, log)
     unreadable = [*scans.unreadable, *failed]
     if not kept:
@@ -179,17 +174,18 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
         extra={"evaluated_run": str(run_dir.resolve().name)}))
     probabilities = evaluator.predict_proba(logits)
     predicted = evaluator.predict(probabilities)
-    rows: list[list[Any]] = [["path", "label", *[f"p_{c}" for c in classes], "predicted"]]
-    rows += [[scans.relative(r.path), r.label, *[f"{p:.6f}" for p in row], classes[k]]
-             for r, row, k in zip(kept, probabilities, predicted, strict=True)]
-    atomic_write_text(out / PREDICTIONS_FILE, _csv(rows))
+    probability_columns = [f"p_{c}" for c in classes]
+    write_csv(out / PREDICTIONS_FILE, ["path", "label", *probability_columns, "predicted"],
+              ({"path": scans.relative(r.path), "label": r.label, "predicted": classes[k],
+                **{column: f"{p:.6f}" for column, p in zip(probability_columns, row, strict=True)}}
+               for r, row, k in zip(kept, probabilities, predicted, strict=True)))
     if unreadable:
-        atomic_write_text(out / UNREADABLE_FILE, _csv([["path", "reason"],
-                                                       *[[scans.relative(u.path), u.reason] for u in unreadable]]))
-        log(f"skipped {len(unreadable)} unreadable file(s): listed in {out / UNREADABLE_FILE}")
+        write_csv(out / UNREADABLE_FILE, ("path", "reason"),
+                  ({"path": scans.relative(u.path), "reason": u.reason} for u in unreadable))
+        log(f"skipped {len(unreadable)} unreadable file(s): listed in {shown(out / UNREADABLE_FILE)}")
     write_evaluation(out, evaluation, evaluator_state=None, history=_read_history(run_dir / HISTORY_FILE),
                      config=config.to_dict(), environment=_read_json(out / ENVIRONMENT_FILE))
     for line in headline(metrics):
         log(line)
-    log(f"wrote {out}")
+    log(f"wrote {shown(out)}")
     return evaluation

@@ -25,14 +25,16 @@ the positive class for two classes) with the threshold applied to the aggregate;
 own rows go to ``<out stem>.slices.csv``. The settings that shape the rows (model, calibration,
 threshold, slices, aggregate) are recorded with the parts and in the sidecar: a rerun with
 other settings is refused rather than mixing rows of two different jobs.
+
+Safety: one job at a time per output (``job_claim``), no file outside the job's own replaced
+(``prediction_files``), a worker that dies costs only the file it was reading
+(``recovering_loader``), and outputs replaced all together or not at all.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import heapq
-import io
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -45,21 +47,23 @@ import numpy as np
 import torch
 
 from medxfer import __version__
-from medxfer.datasets.sources import iter_files, read_manifest_rows
-from medxfer.files import atomic_write_csv, atomic_write_text
+from medxfer.csvfiles import CsvText
+from medxfer.datasets.sources import iter_files, manifest_path, missing_reason, read_manifest_rows
+from medxfer.filenames import shown
+from medxfer.files import atomic_write_many
 from medxfer.pipeline.decoding import DecodeSettings, check_slice_strategy, prepared_batches
 from medxfer.pipeline.distributed import Distributed
 from medxfer.pipeline.evaluation import Evaluator
 from medxfer.pipeline.external import CONFIG_FILE, check_run, load_evaluator
+from medxfer.pipeline.job_claim import JobClaim
 from medxfer.pipeline.outputs import CALIBRATION_FILE
+from medxfer.pipeline.prediction_files import WRITTEN_BY, Parts, PredictionFiles
 from medxfer.pipeline.saving import load_model
 from medxfer.pipeline.training import resolve_device, resolve_workers
 
 META_COLUMNS = ("modality", "view", "study_key")  # non-identifying facts kept per row
 CHUNK = 256  # scans per part file
-PART_COLUMNS = ("index", "path", "slice", "status", "reason")
 SLICE_AGGREGATES = ("mean", "max")
-SETTINGS_FILE = "settings.json"  # in the parts folder: what the rows were computed with
 
 
 @dataclass(frozen=True)
@@ -83,29 +87,21 @@ class IncompleteJobError(ValueError):
     """Some scans have no row when the parts are merged (another process's parts are not here)."""
 
 
-def errors_path(out: Path) -> Path:
-    """``predictions.csv`` -> ``predictions.errors.csv``."""
-    return out.with_name(out.stem + ".errors" + out.suffix)
-
-
-def slices_path(out: Path) -> Path:
-    """``predictions.csv`` -> ``predictions.slices.csv`` (per-slice rows of ``--slices``)."""
-    return out.with_name(out.stem + ".slices" + out.suffix)
-
-
 def list_scans(scans: Path) -> tuple[Path, list[Path], list[tuple[Path, str]]]:
     """The root that output paths are relative to, every file to predict (sorted), and the
-    entries that cannot be listed. ``scans`` is a folder (searched recursively) or a CSV
-    manifest with a ``path`` column."""
+    entries that cannot be predicted, with the reason (a folder that cannot be listed, a file a
+    manifest names that is missing or not a regular file). ``scans`` is a folder (searched
+    recursively) or a CSV manifest with a ``path`` column, whose paths are read as every command
+    reads them (``sources.manifest_path``)."""
     if scans.is_dir():
         files, problems = iter_files(scans)
         return scans, files, [(p.path, p.reason) for p in problems]
     if scans.is_file() and scans.suffix.lower() == ".csv":
-        root = scans.parent.resolve()
-        rows = read_manifest_rows(scans)
-        files = sorted({(root / row["path"]).resolve() if not Path(row["path"]).is_absolute() else Path(row["path"])
-                        for row in rows if row.get("path")})
-        return root, files, []
+        root = scans.parent.absolute()
+        listed = sorted({manifest_path(root, row["path"], f"{scans}, row {number}")
+                         for number, row in enumerate(read_manifest_rows(scans), start=2)})
+        present = [p for p in listed if p.exists() and not p.is_dir()]
+        return root, present, [(p, missing_reason(p)) for p in listed if p not in present]
     if not scans.exists():
         raise NoScansError(f"{scans}: no such folder or manifest")
     raise NoScansError(f"{scans}: not a folder of scans or a CSV manifest")
@@ -116,86 +112,6 @@ def _relative(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return path.as_posix()
-
-
-class _Parts:
-    """The part files of one output: ``<out>.parts/rank{R}-{N}.csv``, each written atomically."""
-
-    def __init__(self, out: Path, classes: Sequence[str]) -> None:
-        self.folder = out.with_name(out.name + ".parts")
-        self.columns = [*PART_COLUMNS, *[f"p_{c}" for c in classes], "predicted", "slices", *META_COLUMNS]
-
-    def done(self) -> set[str]:
-        """Paths (relative) of the scans already in a part file (a scan's row is written with
-        its slices' rows, in one part)."""
-        return {row["path"] for part in self.files() for row in self.read(part) if row["status"] != "slice"}
-
-    def record_settings(self, settings: dict[str, Any]) -> None:
-        """Record ``settings`` when this job starts the parts (process 0, before the others check)."""
-        if not (self.folder / SETTINGS_FILE).is_file() and not self.files():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.folder / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
-
-    def check_settings(self, settings: dict[str, Any]) -> None:
-        """Refuse to add rows computed with other ``settings`` to parts left by an earlier job, or
-        to parts that do not say what they were computed with."""
-        path = self.folder / SETTINGS_FILE
-        remedy = f"or delete {self.folder} to start again"
-        if path.is_file():
-            _same_settings(json.loads(path.read_text(encoding="utf-8")), settings,
-                           f"{self.folder} (the parts of an interrupted job)", remedy)
-        elif self.files():
-            raise ValueError(f"{self.folder} holds the parts of an interrupted job without {SETTINGS_FILE} (an older "
-                             f"medxfer), so their settings cannot be checked: write to another --out, {remedy}")
-
-    def files(self) -> list[Path]:
-        return sorted(self.folder.glob("rank*.csv")) if self.folder.is_dir() else []
-
-    def read(self, part: Path) -> Iterator[dict[str, str]]:
-        with open(part, newline="", encoding="utf-8") as handle:
-            yield from csv.DictReader(handle)
-
-    def write(self, rank: int, rows: list[dict[str, Any]]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        number = len(list(self.folder.glob(f"rank{rank}-*.csv")))
-        atomic_write_csv(self.folder / f"rank{rank}-{number:06d}.csv", self.columns, rows)
-
-
-def _earlier_rows(out: Path, slices: bool) -> Iterator[dict[str, str]]:
-    """The rows of an earlier complete output, as part rows (index filled in later); its slice
-    rows only when it was written with ``slices`` (``_check_earlier`` has compared its settings)."""
-    files = ((out, "ok"), (errors_path(out), "error"), *(((slices_path(out), "slice"),) if slices else ()))
-    if not out.is_file():
-        return
-    for path, status in files:
-        if path.is_file():
-            with open(path, newline="", encoding="utf-8") as handle:
-                for row in csv.DictReader(handle):
-                    yield {"slice": "", **row, "status": status}
-
-
-def _check_earlier(out: Path, settings: dict[str, Any]) -> None:
-    """Refuse to merge an earlier complete ``out`` written with other settings, or without the
-    sidecar that says what they were."""
-    if not out.is_file():
-        return
-    remedy = "or delete it (and its .errors.csv, .slices.csv and .json) to predict every scan again"
-    sidecar = out.with_suffix(".json")
-    if not sidecar.is_file():
-        raise ValueError(f"{out} exists without {sidecar.name}, which records what its rows were computed with: "
-                         f"write to another --out, {remedy}")
-    _same_settings(json.loads(sidecar.read_text(encoding="utf-8")), settings, f"{out}", remedy)
-
-
-def _same_settings(earlier: dict[str, Any], settings: dict[str, Any], where: str, remedy: str) -> None:
-    """Raise ValueError naming each setting of ``settings`` that ``earlier`` recorded otherwise."""
-    defaults = {"slices": False, "slice_aggregate": None}  # sidecars written before --slices existed
-    changed = [f"{key} {earlier.get(key, defaults.get(key))!r} there, {value!r} now" for key, value in settings.items()
-               if earlier.get(key, defaults.get(key)) != value]
-    if changed:
-        raise ValueError(f"{where} was written with other settings ({'; '.join(changed)}): its rows cannot be "
-                         f"mixed with this job's. Rerun with the same run and options, write to another --out, "
-                         f"{remedy}")
 
 
 def _file_hash(path: Path) -> str:
@@ -216,7 +132,7 @@ def _threshold(evaluator: Evaluator, threshold: str | float) -> float | None:
 def predict_scans(run_dir: str | Path, scans: str | Path, out: str | Path, *, batch_size: int = 32,
                   workers: int | str = "auto", device: str = "auto", threshold: str | float = "validated",
                   slices: bool = False, slice_aggregate: str = "mean", chunk: int = CHUNK,
-                  log: Callable[[str], None] = print) -> PredictSummary:
+                  max_pixels: int | None = None, log: Callable[[str], None] = print) -> PredictSummary:
     """Predict every scan under ``scans`` (folder or manifest) with the finished run ``run_dir``
     and write ``out`` (CSV), its ``.errors.csv`` and its ``.json`` sidecar; see the module
     docstring for resume and ``torchrun``. ``threshold``: "validated" (the run's) or a
@@ -224,8 +140,10 @@ def predict_scans(run_dir: str | Path, scans: str | Path, out: str | Path, *, ba
     ``slices``: score every slice of a volume and aggregate them per volume with
     ``slice_aggregate`` ("mean" of the calibrated probabilities, or "max" of the positive
     class's for two classes), writing the slices to ``.slices.csv``; ``chunk``: scans per part
-    file (what a crash can lose)."""
-    run_dir, scans, out = Path(run_dir), Path(scans), Path(out)
+    file (what a crash can lose); ``max_pixels``: the pixel budget, over which a file is an error
+    (``medxfer.datasets.budget``)."""
+    run_dir, scans = Path(run_dir), Path(scans)
+    paths = PredictionFiles.for_out(Path(out))
     check_run(run_dir)
     evaluator = load_evaluator(run_dir)
     cut = _threshold(evaluator, threshold)
@@ -235,85 +153,133 @@ def predict_scans(run_dir: str | Path, scans: str | Path, out: str | Path, *, ba
         raise ValueError("--slice-aggregate max takes the most suspicious slice of a two-class model; "
                          "this one has more classes: use mean")
     root, files, unlisted = list_scans(scans)
+    files = [f for f in files if not paths.is_own(f)]  # an --out inside SCANS: its own files are not scans
     if not files and not unlisted:
         raise NoScansError(f"{scans}: no files to predict")
     torch_device = resolve_device(device)
     dist = Distributed.from_environment(torch_device)
     if dist.enabled:
         torch_device = torch.device(dist.device)
+    job = _Job(run_dir, root, files, unlisted, paths, evaluator, cut, batch_size,
+               max(1, resolve_workers(workers)) if workers == "auto" else int(workers), torch_device, dist, chunk,
+               slice_aggregate if slices else None, max_pixels, log)
     try:
-        return _predict(run_dir, root, files, unlisted, out, evaluator, cut, batch_size,
-                        max(1, resolve_workers(workers)) if workers == "auto" else int(workers),
-                        torch_device, dist, chunk, slice_aggregate if slices else None, log)
+        return job.run()
     finally:
         dist.close()
 
 
-def _predict(run_dir: Path, root: Path, files: list[Path], unlisted: list[tuple[Path, str]], out: Path,
-             evaluator: Evaluator, cut: float | None, batch_size: int, workers: int, device: torch.device,
-             dist: Distributed, chunk: int, aggregate: str | None, log: Callable[[str], None]) -> PredictSummary:
-    model, spec, recipe = load_model(run_dir)
-    classes = list(recipe["classes"])
-    model.to(device).eval()
-    decode = DecodeSettings(spec, recipe.get("window", "default"), recipe.get("volume_strategy", "middle"))
-    if aggregate:
+@dataclass
+class _Job:
+    """One ``predict_scans`` call, once its arguments are checked."""
+
+    run_dir: Path
+    root: Path
+    files: list[Path]
+    unlisted: list[tuple[Path, str]]
+    paths: PredictionFiles
+    evaluator: Evaluator
+    cut: float | None
+    batch_size: int
+    workers: int
+    device: torch.device
+    dist: Distributed
+    chunk: int
+    aggregate: str | None
+    max_pixels: int | None
+    log: Callable[[str], None]
+
+    def run(self) -> PredictSummary:
+        model, spec, recipe = load_model(self.run_dir)
+        model.to(self.device).eval()
+        decode = DecodeSettings(spec, recipe.get("window", "default"), recipe.get("volume_strategy", "middle"),
+                                self.max_pixels)
+        if self.aggregate:
+            try:
+                check_slice_strategy(decode.volume_strategy)
+            except ValueError as exc:
+                raise ValueError(f"{self.run_dir}: {exc}") from None
+        settings = {"model_sha256": recipe["weights_sha256"],
+                    "calibration_sha256": _file_hash(self.run_dir / CALIBRATION_FILE), "threshold": self.cut,
+                    "slices": self.aggregate is not None, "slice_aggregate": self.aggregate}
+        parts = Parts(self.paths.parts, recipe["classes"], META_COLUMNS)
+        claim = JobClaim(self.paths.parts, str(self.paths.out))
         try:
-            check_slice_strategy(decode.volume_strategy)
-        except ValueError as exc:
-            raise ValueError(f"{run_dir}: {exc}") from None
-    job = {"model_sha256": recipe["weights_sha256"], "calibration_sha256": _file_hash(run_dir / CALIBRATION_FILE),
-           "threshold": cut, "slices": aggregate is not None, "slice_aggregate": aggregate}
-    errors = errors_path(out)
-    sidecar = out.with_suffix(".json")
-    _check_earlier(out, job)
-    parts = _Parts(out, classes)
-    if dist.is_main:
-        parts.record_settings(job)
-    dist.barrier()
-    parts.check_settings(job)  # every process, so that all of them stop together
-    relative = [_relative(p, root) for p in files]
-    done = parts.done() | {row["path"] for row in _earlier_rows(out, slices=False)}
-    todo = [i for i in dist.shard(len(files)) if relative[i] not in done]
-    already = sum(1 for i in dist.shard(len(files)) if relative[i] in done)
-    if dist.is_main:
-        log(f"predicting {len(files)} scan(s) under {root} with {run_dir.name}: {len(done & set(relative))} already "
-            f"done, {workers} decoding worker(s), {device}" + (f" x {dist.world_size}" if dist.enabled else "")
-            + (f", every slice of a volume ({aggregate} per volume)" if aggregate else ""))
-    loader = prepared_batches(files, todo, decode, batch_size=batch_size, workers=workers, slices=aggregate is not None)
-    scorer = _Scorer(model, evaluator, device, batch_size)
-    predicted = failed = 0
-    queue: list[_Item] = []
-    queued_images = pending_scans = 0
-    pending: list[dict[str, Any]] = []
-    with torch.no_grad():
-        for number, batch in enumerate(loader, 1):
-            items = [_Item(*item) for item in batch]
-            queue += items
-            queued_images += sum(len(item.images) for item in items if item.images is not None)
-            if queued_images < batch_size and len(queue) < batch_size and number < len(loader):
-                continue  # too few images for a full network batch yet (slices: one file per loader batch)
-            rows = _rows(queue, scorer.score(queue), relative, classes, evaluator, cut, aggregate)
+            self._start(claim, parts, settings)
+            return self._predict(model, decode, recipe, parts, settings)
+        finally:
+            claim.release()
+
+    def _start(self, claim: JobClaim, parts: Parts, settings: dict[str, Any]) -> None:
+        """Process 0 claims the output, checks every path the job will write and records the
+        settings; all processes stop together if it cannot."""
+        failure: Exception | None = None
+        if self.dist.is_main:
+            try:
+                claim.acquire()
+                self.paths.check(settings)
+                parts.record_settings(settings)
+            except (OSError, ValueError) as exc:
+                failure = exc
+        if not self.dist.all_true(failure is None):
+            if failure is not None:
+                raise failure
+            raise ValueError("process 0 could not start the job (see its message)")
+
+    def _predict(self, model: torch.nn.Module, decode: DecodeSettings, recipe: dict[str, Any], parts: Parts,
+                 settings: dict[str, Any]) -> PredictSummary:
+        classes, dist = list(recipe["classes"]), self.dist
+        relative = [_relative(p, self.root) for p in self.files]
+        done = parts.done() | {row["path"] for row in self.paths.earlier_rows(slices=False)}
+        todo = [i for i in dist.shard(len(self.files)) if relative[i] not in done]
+        already = sum(1 for i in dist.shard(len(self.files)) if relative[i] in done)
+        if dist.is_main:
+            self.log(f"predicting {len(self.files)} scan(s) under {shown(self.root)} with {self.run_dir.name}: "
+                     f"{len(done & set(relative))} already done, {self.workers} decoding worker(s), {self.device}"
+                     + (f" x {dist.world_size}" if dist.enabled else "")
+                     + (f", every slice of a volume ({self.aggregate} per volume)" if self.aggregate else ""))
+        loader = prepared_batches(self.files, todo, decode, batch_size=self.batch_size, workers=self.workers,
+                                  slices=self.aggregate is not None)
+        scorer = _Scorer(model, self.evaluator, self.device, self.batch_size)
+        predicted = failed = 0
+        queue: list[_Item] = []
+        pending: list[dict[str, Any]] = []
+        pending_scans = 0
+
+        def flush_queue() -> None:
+            nonlocal queue, predicted, failed, pending, pending_scans
+            rows = _rows(queue, scorer.score(queue), relative, classes, self.evaluator, self.cut, self.aggregate)
             predicted += sum(row["status"] == "ok" for row in rows)
             failed += sum(row["status"] == "error" for row in rows)
             pending += rows
             pending_scans += len(queue)
-            queue, queued_images = [], 0
-            if pending_scans >= chunk:
+            queue = []
+            if pending_scans >= self.chunk:
                 parts.write(dist.rank, pending)
                 pending, pending_scans = [], 0
-        if pending:
-            parts.write(dist.rank, pending)
-    dist.barrier()
-    summary = PredictSummary(predicted, failed, already, out, errors, sidecar)
-    try:
-        if dist.is_main:
-            rows_written, unreadable = _merge(out, parts, relative, unlisted, root, recipe, run_dir, evaluator, job,
-                                              device)
-            log(f"{rows_written} scan(s) predicted, {unreadable} could not be read"
-                + (f" (listed in {errors})" if unreadable else "") + f": {out}")
-    finally:
-        dist.barrier()  # the other processes wait for the merge, and are released if it fails
-    return summary
+
+        with torch.no_grad():
+            for batch in loader:
+                queue += [_Item(*item) for item in batch]
+                images = sum(len(item.images) for item in queue if item.images is not None)
+                if images >= self.batch_size or len(queue) >= self.batch_size:
+                    flush_queue()  # else too few images for a full network batch yet (slices: one file per batch)
+            if queue:
+                flush_queue()
+            if pending:
+                parts.write(dist.rank, pending)
+        dist.barrier()
+        summary = PredictSummary(predicted, failed, already, self.paths.out, self.paths.errors, self.paths.sidecar)
+        try:
+            if dist.is_main:
+                rows_written, unreadable = _merge(self.paths, parts, relative, self.unlisted, self.root, recipe,
+                                                  self.run_dir, self.evaluator, settings, self.device)
+                self.log(f"{rows_written} scan(s) predicted, {unreadable} could not be read"
+                         + (f" (listed in {shown(self.paths.errors)})" if unreadable else "")
+                         + f": {shown(self.paths.out)}")
+        finally:
+            dist.barrier()  # the other processes wait for the merge, and are released if it fails
+        return summary
 
 
 @dataclass
@@ -399,24 +365,25 @@ def _order(row: dict[str, Any]) -> tuple[int, int]:
     return row["index"], -1 if row["slice"] == "" else int(row["slice"])
 
 
-def _merge(out: Path, parts: _Parts, relative: list[str], unlisted: list[tuple[Path, str]], root: Path,
-           recipe: dict[str, Any], run_dir: Path, evaluator: Evaluator, job: dict[str, Any],
+def _merge(paths: PredictionFiles, parts: Parts, relative: list[str], unlisted: list[tuple[Path, str]], root: Path,
+           recipe: dict[str, Any], run_dir: Path, evaluator: Evaluator, settings: dict[str, Any],
            device: torch.device) -> tuple[int, int]:
     """One row per scan, in the order of the file list: parts and earlier output merged
-    (streaming), written atomically, then the sidecar; the parts are removed last. Returns the
-    rows written to the predictions and to the errors file."""
+    (streaming) and the outputs and sidecar written together (``files.atomic_write_many``: a
+    full disk replaces none of them); the parts are removed last. Returns the rows written to the
+    predictions and to the errors file."""
     classes = list(recipe["classes"])
     position = {path: i for i, path in enumerate(relative)}
-    earlier = [{**row, "index": position[row["path"]]} for row in _earlier_rows(out, job["slices"])
+    earlier = [{**row, "index": position[row["path"]]} for row in paths.earlier_rows(settings["slices"])
                if row["path"] in position]
     streams = [parts.read(part) for part in parts.files()]
     merged = heapq.merge(sorted(earlier, key=_order), *[_indexed(stream, position) for stream in streams], key=_order)
     probability_columns = [f"p_{c}" for c in classes]
-    columns = ["path", *probability_columns, "predicted", *(["slices"] if job["slices"] else []), *META_COLUMNS]
-    writers = {
-        "ok": _Table(columns),
-        "error": _Table(["path", "reason"]),
-        "slice": _Table(["path", "slice", *probability_columns, "predicted"]),
+    columns = ["path", *probability_columns, "predicted", *(["slices"] if settings["slices"] else []), *META_COLUMNS]
+    tables = {
+        "ok": CsvText(columns, ignore_extra=True),
+        "error": CsvText(["path", "reason"], ignore_extra=True),
+        "slice": CsvText(["path", "slice", *probability_columns, "predicted"], ignore_extra=True),
     }
     last = None
     for row in merged:
@@ -424,53 +391,41 @@ def _merge(out: Path, parts: _Parts, relative: list[str], unlisted: list[tuple[P
         if key == last:  # a scan an interrupted process wrote twice keeps its first rows (sorted: adjacent)
             continue
         last = key
-        writers[row["status"]].add(row)
-    missing = len(relative) - writers["ok"].count - writers["error"].count
+        tables[row["status"]].add(row)
+    missing = len(relative) - tables["ok"].count - tables["error"].count
     if missing:  # a process's parts are not here (``--out`` not on a file system every process shares)
         raise IncompleteJobError(f"{missing} of {len(relative)} scans have no row in {parts.folder}: with several "
                                  "processes, --out must be on a file system they all share. Nothing was written and "
                                  "the parts are kept: run the command again with --out on a shared file system (or "
                                  "in one process), and it predicts only what is missing.")
     for path, reason in unlisted:
-        writers["error"].add({"path": _relative(path, root), "reason": reason})
-    predicted, unreadable = writers["ok"].count, writers["error"].count
-    atomic_write_text(out, writers["ok"].text())
-    atomic_write_text(errors_path(out), writers["error"].text())
-    if job["slices"]:
-        atomic_write_text(slices_path(out), writers["slice"].text())
+        tables["error"].add({"path": _relative(path, root), "reason": reason})
+    predicted, unreadable = tables["ok"].count, tables["error"].count
     sidecar = {
+        "written_by": WRITTEN_BY,
         "medxfer_version": __version__,
         "written_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "run": run_dir.resolve().name,
-        **job,
+        **settings,
         "config_sha256": _file_hash(run_dir / CONFIG_FILE),
         "classes": classes,
         "positive_class": None if evaluator.positive_ is None else classes[evaluator.positive_],
-        "threshold_source": "validated" if job["threshold"] == evaluator.threshold_ else "given",
+        "threshold_source": "validated" if settings["threshold"] == evaluator.threshold_ else "given",
         "predicted": predicted,
         "unreadable": unreadable,
         "device": device.type,
     }
-    atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
-    shutil.rmtree(parts.folder, ignore_errors=True)
+    contents = {paths.out: tables["ok"].data(), paths.errors: tables["error"].data(),
+                **({paths.slices: tables["slice"].data()} if settings["slices"] else {}),
+                paths.sidecar: (json.dumps(sidecar, indent=2) + "\n").encode("utf-8")}
+    try:
+        atomic_write_many(contents)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror or exc} while writing {shown(paths.out)} and the files beside it: "
+                                 f"none was replaced and the parts in {shown(parts.folder)} are kept; free some "
+                                 "space and run the same command again") from None
+    shutil.rmtree(parts.folder, ignore_errors=True)  # the claim's lock goes with it; the job still holds it
     return predicted, unreadable
-
-
-class _Table:
-    """CSV text of one output file, built row by row."""
-
-    def __init__(self, columns: list[str]) -> None:
-        self.buffer = io.StringIO()
-        self.writer = csv.DictWriter(self.buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        self.writer.writeheader()
-        self.count = 0
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.writer.writerow(row)
-        self.count += 1
-
-    def text(self) -> str:
-        return self.buffer.getvalue()
 
 
 def _indexed(rows: Iterator[dict[str, str]], position: dict[str, int]) -> Iterator[dict[str, Any]]:

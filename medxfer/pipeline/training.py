@@ -33,6 +33,7 @@ prefix cache is computed by all processes (each a share) and gathered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -52,9 +53,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from medxfer.csvfiles import write_csv
 from medxfer.datasets.sources import ScanRecord, ScanSet, UnreadableFilesError, load_labelled, load_scans
 from medxfer.datasets.splits import assign_splits, write_splits_csv
-from medxfer.files import atomic_write_csv
+from medxfer.filenames import shown
 from medxfer.pipeline.adaptation import (
     DomainClassifier,
     GradientReversalLayer,
@@ -87,6 +89,7 @@ from medxfer.transforms.preparation import InputSpec
 from medxfer.transforms.presets import augmentation_from_config
 
 CONFIG_FILE, HISTORY_FILE, SPLITS_FILE = "config.yaml", "history.csv", "splits.csv"
+UNREADABLE_FILE = "unreadable.csv"  # with skip_unreadable: the files left out, and why
 _ORDER, _DROPOUT, _TARGET = 11, 12, 13  # purposes of derived seeds (loading.py uses 0-2)
 _EVAL_BATCH = 64
 CACHE_BUDGET = 4 * 2**30  # bytes of cached prefix outputs that "auto" views stay under
@@ -333,6 +336,7 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         self._log = log
+        self._written: list[Path] = []  # set-up files of a new run, removed if it fails before training
         self.run_dir = Path(config.out)
         self.workers = resolve_workers(config.workers)
         # Decoding runs alone, before any training: every core can decode (full-size films are slow).
@@ -341,6 +345,22 @@ class Trainer:
     def log(self, message: str) -> None:
         if self.dist.is_main:
             self._log(message)
+
+    @property
+    def _max_pixels(self) -> int | None:
+        return None if self.config.max_pixels == "auto" else int(self.config.max_pixels)
+
+    def _undo_setup(self) -> None:
+        """A new run that failed before its first epoch leaves no files behind (a plain rerun would
+        otherwise be refused as "already holds a run"): the set-up files this call wrote, and the
+        run folder if this call created it and nothing else is in it."""
+        for path in sorted(self._written, key=lambda p: p == self.run_dir):
+            if path == self.run_dir:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only when empty
+            else:
+                path.unlink(missing_ok=True)
+        self._written = []
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -393,23 +413,26 @@ class Trainer:
         if failed and not config.skip_unreadable:
             raise UnreadableFilesError(failed)
         kept = [i for i, image in enumerate(images) if image is not None]
-        if failed:
-            self.log(f"skipped {len(failed)} file(s) whose pixels could not be decoded")
         scans = replace(scans, records=[scans.records[i] for i in kept], unreadable=[*scans.unreadable, *failed])
+        if scans.unreadable:
+            self.log(f"skipped {len(scans.unreadable)} unreadable file(s) (skip_unreadable), listed in "
+                     f"{shown(self.run_dir / UNREADABLE_FILE)}:")
+            for item in scans.unreadable:
+                self.log(f"  {shown(item.path)}: {item.reason}")
         scans = assign_splits(scans, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                               seed=config.seed)
         return scans, [images[i] for i in kept]
 
     def _load_target(self, settings: DecodeSettings) -> list[torch.Tensor]:
         config = self.config
-        target = load_scans(config.target_data, layout="auto")
+        target = load_scans(config.target_data, layout="auto", max_pixels=self._max_pixels)
         images, failed = decode_all([r.path for r in target.records], settings, workers=self.decode_workers)
         images = [image for image in images if image is not None]
         skipped = [*target.unreadable, *failed]
         self.log(f"target site: {len(images)} unlabelled scans from {config.target_data}"
                  + (f"; skipped {len(skipped)} unreadable file(s):" if skipped else ""))
         for item in skipped:
-            self.log(f"  {item.path}: {item.reason}")
+            self.log(f"  {shown(item.path)}: {item.reason}")
         if not images:
             raise ValueError(f"{config.target_data}: no readable scans to adapt to")
         return images
@@ -454,8 +477,12 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         self._check_run_dir()
-        data = self.prepare()
-        loop = self.build_loop(data)
+        try:
+            data = self.prepare()
+            loop = self.build_loop(data)
+        except BaseException:
+            self._undo_setup()
+            raise
         model, config, optimizer, domain = data.model, self.config, loop.optimizer, loop.net.domain
         state = {"epoch": 0, "best_epoch": 0, "best_score": -math.inf, "bad_epochs": 0, "history": []}
         # best_score is the validation AUROC, or minus the validation loss when the validation
@@ -544,14 +571,15 @@ class Trainer:
     def prepare(self) -> _Prepared:
         """Read and split the data, build the network, write the run's set-up files."""
         config = self.config
-        labelled = load_labelled(config.data, layout=config.layout, skip_unreadable=config.skip_unreadable)
+        labelled = load_labelled(config.data, layout=config.layout, skip_unreadable=config.skip_unreadable,
+                                 max_pixels=self._max_pixels)
         classes = list(labelled.classes)
         model = self._build_model(len(classes))
         if config.adapt == "adabn" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             raise ValueError(f"adapt 'adabn' re-estimates BatchNorm statistics, and {config.backbone} has no BatchNorm "
                              "layer; use another backbone or adapt 'dann'")
         spec = model.input_spec(config.image_size, config.fit)
-        settings = DecodeSettings(spec, config.window, config.volume_strategy)
+        settings = DecodeSettings(spec, config.window, config.volume_strategy, self._max_pixels)
         scans, images = self._load_data(labelled, settings)
         target = self._load_target(settings) if config.adapt in ("adabn", "dann") else None
         index = {name: i for i, name in enumerate(classes)}
@@ -593,10 +621,17 @@ class Trainer:
                 "changed), so the run cannot be resumed; start a new run"
             )
         if self.dist.is_main:
+            if not self.run_dir.exists():
+                self._written.append(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not self.resume:
+                self._written += [path for path in (self.run_dir / name for name in (
+                    CONFIG_FILE, SPLITS_FILE, ENVIRONMENT_FILE, UNREADABLE_FILE)) if not path.exists()]
                 write_config(config, self.run_dir / CONFIG_FILE)
             write_splits_csv(scans, self.run_dir / SPLITS_FILE)
+            if scans.unreadable:
+                write_csv(self.run_dir / UNREADABLE_FILE, ("path", "reason"),
+                          [{"path": scans.relative(u.path), "reason": u.reason} for u in scans.unreadable])
             write_environment(self.run_dir / ENVIRONMENT_FILE, environment_info(
                 seed=config.seed, device=self.device, data_hash=data_hash,
                 extra={"world_size": self.dist.world_size, "resumed": self.resume}))
@@ -787,7 +822,7 @@ class Trainer:
         return loss, all_logits.numpy()
 
     def _write_history(self, history: list[dict[str, float]]) -> None:
-        atomic_write_csv(self.run_dir / HISTORY_FILE, list(history[0]),
+        write_csv(self.run_dir / HISTORY_FILE, list(history[0]),
                          ({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in history))
 
 

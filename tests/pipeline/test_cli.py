@@ -100,7 +100,8 @@ def test_no_output_contains_a_patient_name_or_id(cohort, tmp_path):
     identifiers = set()
     for path in (cohort.root / "images").rglob("*.dcm"):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        identifiers |= {str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate), str(ds.AccessionNumber)}
+        identifiers |= {str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate), str(ds.AccessionNumber),
+                        str(ds.InstitutionName), str(ds.Manufacturer)}
     identifiers.discard("")
     outputs = [
         run("inspect", str(cohort.manifest)).stdout,
@@ -279,3 +280,29 @@ def test_cli_choices_match_the_library():
     assert run("augment-preview", "--help").stdout.count("letterbox") >= 1
     for fit in FITS:
         assert fit in run("augment-preview", "--help").stdout
+
+
+def test_ctrl_c_says_how_to_continue_instead_of_a_traceback(monkeypatch, capsys, cohort):
+    from medxfer.pipeline import training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    assert main(["train", "--data", str(cohort.manifest), "--out", "x"]) == 130
+    error = capsys.readouterr().err
+    assert "interrupted" in error and "--resume" in error and "Traceback" not in error
+
+
+def test_split_lists_the_files_it_skips_and_names_with_control_characters_stay_on_one_line(tmp_path, cohort, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(cohort.root / "images", data / "normal")
+    shutil.copytree(cohort.root / "images", data / "opacity", ignore=shutil.ignore_patterns("*0.dcm"))
+    (data / "normal" / "bad\rname.dcm").write_bytes(b"")
+    assert main(["split", str(data), "--layout", "classes", "--skip-unreadable", "--out",
+                 str(tmp_path / "s.csv")]) == 0
+    shown = f"$'{data / 'normal' / 'bad'}\\rname.dcm'"  # bash's quoting: the shell reads it back as the name
+    assert f"  {shown}: empty file (0 bytes)" in capsys.readouterr().out.splitlines()
+    assert main(["split", str(data), "--layout", "classes", "--out", str(tmp_path / "t.csv")]) == 1
+    error = capsys.readouterr().err
+    assert "bad\\rname.dcm" in error and "\r" not in error

@@ -34,3 +34,27 @@ def test_bad_files_are_listed_with_their_reason_and_the_rest_decoded(tmp_path, c
         assert [image is None for image in images] == [False, True, False, False]
         assert [f.path for f in failed] == [truncated] and failed[0].reason
         assert images[2].shape == (1, 24, 32)
+
+
+def test_blank_images_are_refused_instead_of_scored(tmp_path, cohort):
+    import pydicom
+    import pytest
+
+    from medxfer.datasets.scan import UnreadableScanError
+
+    flat = tmp_path / "flat.png"
+    Image.new("L", (40, 30), 128).save(flat)
+    empty_first_page = tmp_path / "pages.tif"
+    Image.new("L", (40, 30), 0).save(empty_first_page, save_all=True,
+                                     append_images=[Image.fromarray((np.arange(1200).reshape(30, 40) % 256)
+                                                                    .astype(np.uint8))])
+    flipped = tmp_path / "negative-slope.dcm"
+    ds = pydicom.dcmread(min((cohort.root / "images").rglob("*.dcm")))
+    ds.RescaleSlope = -1  # every value now falls below the file's window
+    ds.save_as(flipped)
+    settings = DecodeSettings(InputSpec(image_size=32))
+    for path in (flat, empty_first_page, flipped):
+        with pytest.raises(UnreadableScanError, match="blank image: every pixel has the value"):
+            decode_scan(path, settings)
+    images, failed = decode_all([flat, min((cohort.root / "images").rglob("*.dcm"))], settings)
+    assert images[0] is None and images[1] is not None and "blank" in failed[0].reason

@@ -77,7 +77,7 @@ def test_no_patient_identifier_reaches_an_output_or_the_log(demo):
     for path in (result.cohort.root / "images").rglob("*.dcm"):
         header = pydicom.dcmread(path, stop_before_pixels=True)
         identifiers |= {str(header.PatientName), str(header.PatientID), str(header.PatientBirthDate),
-                        str(header.AccessionNumber)}
+                        str(header.AccessionNumber), str(header.InstitutionName), str(header.Manufacturer)}
     out = result.run_dir.parent
     texts = ["\n".join(lines)] + [path.read_text(encoding="utf-8") for path in out.rglob("*")
                                   if path.suffix in (".csv", ".json", ".html", ".md", ".yaml")

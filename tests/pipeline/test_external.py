@@ -104,7 +104,8 @@ def test_no_patient_identifier_reaches_any_output(run, other_site, tmp_path):
     for row in read_csv(other_site.manifest):
         header = pydicom.dcmread(other_site.root / row["path"], stop_before_pixels=True)
         identifiers |= {str(header.PatientName), str(header.PatientID), str(header.PatientBirthDate),
-                        str(header.AccessionNumber), row["patient_id"]}
+                        str(header.AccessionNumber), row["patient_id"],
+                        str(header.InstitutionName), str(header.Manufacturer)}  # free text: can hold a name
     identifiers.discard("")
     for folder in (out, run):
         for path in folder.iterdir():

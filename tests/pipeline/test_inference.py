@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from medxfer import csvfiles
 from medxfer.datasets import phantom
 from medxfer.datasets.reader import read_scan
 from medxfer.pipeline.cli import main
@@ -94,7 +95,8 @@ def test_no_identifier_from_the_headers_reaches_any_output(run, scans, tmp_path)
         if path.endswith(".dcm"):
             header = pydicom.dcmread(root / path, stop_before_pixels=True)
             identifiers |= {str(header.PatientName), str(header.PatientID), str(header.PatientBirthDate),
-                            str(header.AccessionNumber), str(header.StudyInstanceUID)}
+                            str(header.AccessionNumber), str(header.StudyInstanceUID),
+                            str(header.InstitutionName), str(header.Manufacturer)}  # free text: can hold a name
     identifiers.discard("")
     for name in ("predictions.csv", "predictions.errors.csv", "predictions.json"):
         text = (tmp_path / name).read_text(encoding="utf-8")
@@ -322,3 +324,195 @@ def test_an_earlier_output_without_its_sidecar_is_not_merged(run, scans, tmp_pat
     assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0"]) == 1
     assert "exists without predictions.json" in capsys.readouterr().err
     assert out.read_text() == before
+
+
+# --- hostile inputs and faults ---------------------------------------------------------------
+
+
+def copy_of(scans, folder: Path, names: dict[str, bytes]) -> Path:
+    """The good scans copied to ``folder``, plus the first DICOM again under each of ``names``
+    (file names as raw bytes)."""
+    root, good = scans
+    shutil.copytree(root, folder)
+    sample = next(path for path in good if path.endswith(".dcm"))
+    for name in names.values():
+        shutil.copy(root / sample, os.path.join(os.fsencode(folder), name))
+    return folder
+
+
+def test_an_out_whose_sidecar_is_a_file_predict_did_not_write_is_refused(run, scans, tmp_path, capsys):
+    copied = tmp_path / "run"
+    shutil.copytree(run, copied)
+    recipe = (copied / "model.json").read_bytes()
+    assert main(["predict", str(copied), str(scans[0]), "--out", str(copied / "model.csv"), "--workers", "0"]) == 1
+    assert "which medxfer predict did not write" in capsys.readouterr().err
+    assert (copied / "model.json").read_bytes() == recipe and not (copied / "model.csv").exists()
+    assert not (copied / "model.csv.parts").exists()
+    assert main(["predict", str(copied), str(scans[0]), "--out", str(tmp_path / "preds.json")]) == 1
+    assert "must go to a .csv file" in capsys.readouterr().err and not (tmp_path / "preds.json").exists()
+
+
+def test_a_file_in_the_way_of_the_errors_file_is_not_replaced(run, scans, tmp_path, capsys):
+    (tmp_path / "p.errors.csv").write_text("mine\n")
+    assert main(["predict", str(run), str(scans[0]), "--out", str(tmp_path / "p.csv"), "--workers", "0"]) == 1
+    assert "p.errors.csv exists without p.json" in capsys.readouterr().err
+    assert (tmp_path / "p.errors.csv").read_text() == "mine\n"
+
+
+def test_a_second_job_on_the_same_out_is_refused_while_the_first_holds_it(run, scans, tmp_path, capsys):
+    from medxfer.pipeline.job_claim import JobClaim
+
+    out = tmp_path / "predictions.csv"
+    first = JobClaim(tmp_path / "predictions.csv.parts", "the test").acquire()
+    assert main(["predict", str(run), str(scans[0]), "--out", str(out), "--workers", "0"]) == 1
+    assert "another job is writing" in capsys.readouterr().err
+    assert not out.exists() and [p.name for p in (tmp_path / "predictions.csv.parts").iterdir()] == ["lock"]
+    first.release()
+    assert main(["predict", str(run), str(scans[0]), "--out", str(out), "--workers", "0"]) == 0  # free again
+
+
+def test_two_jobs_started_together_on_one_out_leave_one_consistent_output(run, scans, tmp_path):
+    out = tmp_path / "predictions.csv"
+    jobs = [subprocess.Popen([sys.executable, "-m", "medxfer", "predict", str(run), str(scans[0]), "--out", str(out),
+                              "--workers", "0", "--threshold", threshold], stderr=subprocess.PIPE, text=True)
+            for threshold in ("0.0", "1.0")]
+    outcomes = [(job.wait(timeout=300), job.stderr.read()) for job in jobs]
+    assert sorted(code for code, _ in outcomes) == [0, 1], outcomes
+    refused = next(error for code, error in outcomes if code == 1)
+    assert "another job is writing" in refused or "threshold" in refused
+    threshold = json.loads(out.with_suffix(".json").read_text())["threshold"]
+    assert {row["predicted"] for row in read_csv(out)} == {"opacity" if threshold == 0.0 else "normal"}
+
+
+def test_file_names_of_any_bytes_round_trip_and_a_rerun_finds_them_done(run, scans, tmp_path):
+    names = {"carriage return": b"a\rb.dcm", "not utf-8": b"x\xff\xfe.dcm", "formula": b"=cmd.dcm"}
+    folder = copy_of(scans, tmp_path / "scans", names)
+    out = folder / "predictions.csv"  # inside SCANS: its own files are never taken for scans
+    predict_scans(run, folder, out, workers=1, log=quiet)
+    paths = [row["path"] for row in csvfiles.read_csv(out)]
+    assert {os.fsdecode(name) for name in names.values()} <= set(paths)
+    assert len(paths) == len(scans[1]) + len(names) and len(set(paths)) == len(paths)
+    assert b"\n'=cmd.dcm," in out.read_bytes()  # a spreadsheet shows it as text, never runs it
+    assert b'"a\rb.dcm"' in out.read_bytes()
+    again = predict_scans(run, folder, out, workers=0, log=quiet)
+    assert again.predicted == again.failed == 0 and again.already_done == len(paths) + len(BAD_FILES)
+    assert [row["path"] for row in csvfiles.read_csv(out)] == paths
+
+
+def test_a_fifo_a_bomb_and_a_blank_image_become_error_rows_and_the_job_carries_on(run, scans, tmp_path):
+    import nibabel as nib
+    from PIL import Image
+
+    folder = copy_of(scans, tmp_path / "scans", {})
+    os.mkfifo(folder / "pipe.dcm")
+    nib.save(nib.Nifti1Image(np.zeros((128, 128, 64), np.uint8), np.eye(4)), folder / "bomb.nii.gz")
+    Image.new("L", (64, 64), 0).save(folder / "blank.png")
+    out = tmp_path / "p.csv"
+    command = [sys.executable, "-m", "medxfer", "predict", str(run), str(folder), "--out", str(out),
+               "--workers", "1", "--max-pixels", "500000"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr
+    errors = {row["path"]: row["reason"] for row in read_csv(tmp_path / "p.errors.csv")}
+    assert "FIFO" in errors["pipe.dcm"] and "pixel budget of 500,000" in errors["bomb.nii.gz"]
+    assert errors["blank.png"].startswith("blank image")
+    assert [row["path"] for row in read_csv(out)] == scans[1]  # the films and the phantom volume fit the budget
+
+
+def test_a_worker_killed_while_decoding_costs_only_its_file(run, scans, tmp_path, monkeypatch):
+    from torch.utils.data import get_worker_info
+
+    from medxfer.pipeline import decoding
+    from medxfer.pipeline.recovering_loader import WORKER_DIED
+
+    root, good = scans
+    deadly = root / good[2]
+    real = decoding.decode_with_meta
+
+    def killed_on_the_deadly_file(path, settings):  # as the out-of-memory killer would
+        if path == deadly and get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, settings)
+
+    monkeypatch.setattr(decoding, "decode_with_meta", killed_on_the_deadly_file)  # the forked workers inherit it
+    out = tmp_path / "p.csv"
+    summary = predict_scans(run, root, out, workers=1, batch_size=4, log=quiet)
+    errors = {row["path"]: row["reason"] for row in read_csv(tmp_path / "p.errors.csv")}
+    assert errors[good[2]] == WORKER_DIED
+    assert [row["path"] for row in read_csv(out)] == [p for p in good if p != good[2]]
+    assert summary.predicted == len(good) - 1
+
+
+def test_manifest_paths_with_backslashes_and_spaces_are_found(run, scans, tmp_path):
+    root, good = scans
+    dicom = [path for path in good if path.endswith(".dcm")][:3]
+    manifest = root.parent / f"{root.name}-windows.csv"
+    manifest.write_text("path\n" + "".join(f"  {root.name}\\{path.replace('/', chr(92))} \n" for path in dicom)
+                        + f"{root.name}/missing.dcm\n")
+    out = tmp_path / "p.csv"
+    assert predict_scans(run, manifest, out, workers=0, log=quiet).predicted == 3
+    assert [row["path"] for row in read_csv(out)] == [f"{root.name}/{path}" for path in dicom]
+    assert read_csv(tmp_path / "p.errors.csv") == [{"path": f"{root.name}/missing.dcm",
+                                                     "reason": "listed in the manifest but not found"}]
+
+
+def test_an_earlier_output_saved_again_by_a_spreadsheet_is_merged(run, scans, tmp_path):
+    folder = copy_of(scans, tmp_path / "scans", {})
+    out = tmp_path / "p.csv"
+    predict_scans(run, folder, out, workers=0, log=quiet)
+    first = read_csv(out)
+    out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes().replace(b"\n", b"\r\n"))  # Excel: a BOM, CRLF
+    shutil.copy(folder / scans[1][0], folder / "images" / "added.dcm")
+    assert predict_scans(run, folder, out, workers=0, log=quiet).predicted == 1
+    assert [row["path"] for row in read_csv(out)] == sorted([row["path"] for row in first] + ["images/added.dcm"])
+
+
+def test_a_full_disk_during_the_merge_replaces_nothing_and_a_rerun_finishes(run, scans, tmp_path, monkeypatch,
+                                                                            capsys):
+    from medxfer import files
+    from medxfer.pipeline import inference
+
+    root, good = scans
+    out = tmp_path / "p.csv"
+    real_many = inference.atomic_write_many
+
+    def disk_fills_after_the_first_file(contents):
+        real_fsync, calls = files.os.fsync, []
+
+        def fsync(fd):
+            calls.append(fd)
+            if len(calls) > 1:
+                raise OSError(28, "No space left on device")
+            real_fsync(fd)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(files.os, "fsync", fsync)
+            real_many(contents)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(inference, "atomic_write_many", disk_fills_after_the_first_file)
+        assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0"]) == 1
+    error = capsys.readouterr().err
+    assert "No space left on device" in error and "none was replaced and the parts" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv.parts"]  # no output, no temporary file
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0"]) == 0
+    assert [row["path"] for row in read_csv(out)] == good
+    assert not (tmp_path / "p.csv.parts").exists()
+
+
+def test_ctrl_c_stops_with_a_message_and_the_rerun_finishes(run, scans, tmp_path):
+    root, good = scans
+    out = tmp_path / "p.csv"
+    command = [sys.executable, "-m", "medxfer", "predict", str(run), str(root), "--out", str(out),
+               "--workers", "0", "--batch-size", "2", "--chunk", "4"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "p.csv.parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(parts.glob("rank*.csv")) and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the job finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    error = process.communicate(timeout=120)[1]
+    assert process.returncode == 130 and "interrupted" in error and "run the same command again" in error
+    assert "Traceback" not in error
+    assert main(["predict", str(run), str(root), "--out", str(out), "--workers", "0"]) == 0
+    assert [row["path"] for row in read_csv(out)] == good

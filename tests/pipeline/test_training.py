@@ -412,3 +412,44 @@ def test_a_run_without_test_rows_reports_on_its_validation_split(cohort, tmp_pat
     metrics = json.loads((run / "metrics.json").read_text())
     assert "test" not in metrics and metrics["bias"]["split"] == "val"
     assert "no test split" in (run / "report.html").read_text()
+
+
+def test_odd_file_names_train_skipped_files_are_listed_and_a_failed_start_leaves_nothing(cohort, tmp_path,
+                                                                                       monkeypatch):
+    """Class folders holding names with a carriage return and bytes that are not UTF-8, a FIFO
+    and an empty file: the first try fails before its first epoch and leaves nothing behind; the
+    plain rerun trains, lists the two skipped files and writes every name back unchanged."""
+    import shutil
+
+    from medxfer import csvfiles
+
+    data = tmp_path / "data"
+    rows = csvfiles.read_csv(cohort.manifest)
+    odd = {0: b"a\rb.dcm", 1: b"x\xff\xfe.dcm"}
+    for number, row in enumerate(rows):
+        folder = os.path.join(os.fsencode(data), row["label"].encode())
+        os.makedirs(folder, exist_ok=True)
+        name = odd.get(number, os.fsencode(Path(row["path"]).name))
+        shutil.copy(cohort.root / row["path"], os.path.join(folder, name))
+    os.mkfifo(data / "normal" / "pipe.dcm")
+    (data / "opacity" / "empty.dcm").write_bytes(b"")
+    out = tmp_path / "run"
+    config = small(cohort, out, data=str(data), layout="classes", skip_unreadable=True, epochs=1, bootstrap=0)
+
+    def broken(self, data):
+        raise RuntimeError("out of memory while building the loop")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "build_loop", broken)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            train(config, log=quiet)
+    assert not out.exists()  # a plain rerun is not refused as "already holds a run"
+    messages: list[str] = []
+    train(config, log=messages.append)
+    skipped = {row["path"]: row["reason"] for row in csvfiles.read_csv(out / "unreadable.csv")}
+    assert set(skipped) == {"normal/pipe.dcm", "opacity/empty.dcm"} and "FIFO" in skipped["normal/pipe.dcm"]
+    assert any("skipped 2 unreadable file(s)" in m for m in messages)
+    assert any(m.strip().startswith(str(data / "normal" / "pipe.dcm")) for m in messages)
+    paths = {row["path"] for row in csvfiles.read_csv(out / "splits.csv")}
+    assert len(paths) == len(rows) and {os.fsdecode(rows[i]["label"].encode() + b"/" + name)
+                                        for i, name in odd.items()} <= paths

@@ -1,0 +1,121 @@
+"""Decoding in worker processes that survives a worker's death: the file it was reading becomes
+an error, and the job carries on.
+
+A file can kill the process decoding it: the kernel's out-of-memory killer stops a worker that
+decodes a bomb the pixel budget could not see, and a decoder written in C or Rust can crash.
+PyTorch's DataLoader then raises ``RuntimeError`` and the batches in flight are lost; left at
+that, every rerun would stop at the same file. ``RecoveringLoader`` notes, in memory shared with
+the workers, which file each worker is reading; when the loader fails it shuts the others down
+(they finish the file in hand), turns the file of each dead worker (named by its process id in
+PyTorch's message; every file still marked when that cannot be read) into an error item, and
+starts a new loader over the files not yet delivered. Files decoded in the main process
+(``workers=0``) are not protected: a process cannot outlive its own death.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+WORKER_DIED = ("the decoding process died while reading this file (killed, most often for lack of memory: "
+               "see --max-pixels; or a crash in a decoder)")
+_PIDS = re.compile(r"pid(?:\(s\))? ([\d, ]+)")
+
+
+class InFlight:
+    """Which file (index) each worker process is reading, and the worker's process id, in shared
+    memory; -1 when idle. Set by the dataset in the worker, read by the main process."""
+
+    def __init__(self, workers: int) -> None:
+        self.files = torch.full((max(workers, 1),), -1, dtype=torch.long).share_memory_()
+        self.pids = torch.full((max(workers, 1),), -1, dtype=torch.long).share_memory_()
+
+    def start(self, index: int) -> None:
+        info = get_worker_info()
+        if info is not None:
+            self.pids[info.id] = os.getpid()
+            self.files[info.id] = index
+
+    def done(self) -> None:
+        info = get_worker_info()
+        if info is not None:
+            self.files[info.id] = -1
+
+    def lost(self, message: str) -> list[int]:
+        """The files the dead workers were reading: those of the process ids PyTorch's
+        ``message`` names, or every file still marked when it names none of them."""
+        marked = {int(pid): int(index) for pid, index in zip(self.pids.tolist(), self.files.tolist(), strict=True)
+                  if index >= 0}
+        named = {int(n) for match in _PIDS.findall(message) for n in re.findall(r"\d+", match)}
+        dead = [index for pid, index in marked.items() if pid in named]
+        return sorted(dead or marked.values())
+
+
+@contextmanager
+def _deaths_noticed_by_the_loader() -> Iterator[None]:
+    """PyTorch's SIGCHLD handler raises a worker's death in whatever the main thread runs at that
+    moment (the network's forward pass, say), outside the loop over batches, where it cannot be
+    told apart or recovered. While the batches of a ``RecoveringLoader`` are consumed, SIGCHLD
+    keeps its default disposition instead: the DataLoader then notices the death itself the next
+    time it waits for a batch (it checks its workers every 5 seconds) and raises there, inside the
+    loop. Only the main thread may change a signal handler; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGCHLD)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous if previous is not None else signal.SIG_DFL)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+class RecoveringLoader:
+    """Batches (lists of items, ``batch_size`` each) of ``make_dataset(indices, in_flight)``,
+    decoded in ``workers`` processes; see the module docstring for what happens when one dies.
+    The dataset's items start with the file's index; it marks the file it reads in ``in_flight``
+    and gives ``failed_item(index, reason)`` for a file it could not deliver. Every index yields
+    exactly one item, in order within each loader."""
+
+    def __init__(self, make_dataset: Callable[[Sequence[int], InFlight | None], Dataset],
+                 indices: Sequence[int], *, batch_size: int, workers: int, **loader_options: Any) -> None:
+        self.make_dataset, self.indices = make_dataset, list(indices)
+        self.batch_size, self.workers, self.loader_options = batch_size, workers, loader_options
+
+    def __iter__(self) -> Iterator[list]:
+        remaining = self.indices
+        while remaining:
+            in_flight = InFlight(self.workers) if self.workers else None
+            dataset = self.make_dataset(remaining, in_flight)
+            loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers, collate_fn=_as_list,
+                                **self.loader_options)
+            delivered: set[int] = set()
+            batches = iter(loader)
+            try:
+                with _deaths_noticed_by_the_loader():
+                    for batch in batches:
+                        delivered.update(item[0] for item in batch)
+                        yield batch
+                return
+            except RuntimeError as exc:
+                if in_flight is None:
+                    raise
+                failure = exc.with_traceback(None)  # its frames would keep the failed loader alive
+            del batches  # shuts the other workers down; they finish (and unmark) the file in hand
+            lost = [index for index in in_flight.lost(str(failure)) if index not in delivered]
+            if not lost:
+                raise failure
+            yield [dataset.failed_item(index, WORKER_DIED) for index in lost]
+            remaining = [index for index in remaining if index not in delivered and index not in lost]
