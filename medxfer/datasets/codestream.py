@@ -15,17 +15,21 @@ import struct
 _START_OF_FRAME = (set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}) | {0xF7}
 _STANDALONE = {0x01, 0xD8, *range(0xD0, 0xD8)}  # markers without a length field
 _J2K_SIZ = b"\xff\x4f\xff\x51"  # start of codestream, then the image and tile size segment
-_J2K_SEARCH = 1 << 16  # a JP2 file wraps the codestream after a few header boxes
+_SOI_SEARCH = 64  # padding some writers put before a JPEG frame's start-of-image marker
 
 
 def jpeg_size(data: bytes) -> tuple[int, int, int] | None:
-    """(rows, columns, components) from a JPEG or JPEG-LS codestream; None when none is found."""
-    if data[:2] != b"\xff\xd8":
+    """(rows, columns, components) from a JPEG or JPEG-LS codestream; None when none is found.
+    Bytes that are not a marker between segments are skipped, as decoders do (libjpeg warns
+    "extraneous bytes before marker" and goes on), so that they cannot hide the frame's size."""
+    start = data.find(b"\xff\xd8", 0, _SOI_SEARCH)
+    if start < 0:
         return None
-    at = 2
+    at = start + 2
     while at + 4 <= len(data):
         if data[at] != 0xFF:
-            return None
+            at += 1
+            continue
         marker = data[at + 1]
         if marker == 0xFF:  # fill byte
             at += 1
@@ -45,7 +49,7 @@ def jpeg_size(data: bytes) -> tuple[int, int, int] | None:
 
 def j2k_size(data: bytes) -> tuple[int, int, int] | None:
     """(rows, columns, components) from a JPEG 2000 codestream or JP2 file; None when none is found."""
-    at = data.find(_J2K_SIZ, 0, _J2K_SEARCH)
+    at = data.find(_J2K_SIZ)  # a JP2 file wraps the codestream after header boxes of any length
     if at < 0 or at + 4 + 38 > len(data):
         return None
     segment = data[at + 4:at + 4 + 38]

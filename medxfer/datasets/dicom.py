@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,7 @@ from pydicom.pixels import (
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -43,6 +45,7 @@ from pydicom.uid import (
 )
 
 from medxfer.datasets import header_text
+from medxfer.datasets import budget
 from medxfer.datasets.budget import check_budget
 from medxfer.datasets.codestream import j2k_size, jpeg_size
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
@@ -54,6 +57,9 @@ PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _HEADER_DEFER_BYTES = 4096
 # ITU-R BT.601 luma weights for RGB -> gray.
 _LUMA = np.array([0.299, 0.587, 0.114])
+# Where a Part 10 file's dataset starts: preamble and "DICM", the (0002,0000) element, then the
+# rest of the file meta group, whose length that element gives.
+_PREAMBLE_AND_MAGIC, _GROUP_LENGTH_ELEMENT = 132, 12
 # Far outside any stored range: where a window saturates, giving its output range.
 _PROBE = np.array([-1e15, 1e15])
 
@@ -79,9 +85,41 @@ def _quiet() -> Iterator[None]:
         logger.disabled = was_disabled
 
 
-def _open(path: Path, *, header_only: bool) -> Dataset:
+def _check_deflated_size(path: Path, max_pixels: int | None) -> None:
+    """Refuse a Deflated Explicit VR file whose dataset inflates beyond 8 bytes per value of the
+    pixel budget (plus 16 MiB for the header), measured by inflating it in a stream that keeps
+    nothing, before pydicom inflates the whole of it into memory."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - no file meta (preamble-less): not deflated, or dcmread says why
+        return
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    length = _integer(meta, "FileMetaInformationGroupLength")
+    if length is None:
+        raise UnreadableScanError(path, "deflated DICOM without a file meta group length: its size cannot be bounded")
+    limit = budget.max_pixels(max_pixels) * 8 + (1 << 24)
+    inflate, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    with open(path, "rb") as handle:
+        handle.seek(_PREAMBLE_AND_MAGIC + _GROUP_LENGTH_ELEMENT + length)
+        pending = handle.read(1 << 20)
+        while pending:
+            try:
+                total += len(inflate.decompress(pending, 1 << 20))
+            except zlib.error:
+                raise UnreadableScanError(path, "deflated data that cannot be decompressed") from None
+            if total > limit:
+                raise UnreadableScanError(path, f"deflated data expand beyond {limit:,} bytes (8 bytes per value of the "
+                                                "pixel budget): too large to decode; raise --max-pixels if the file "
+                                                "is genuine")
+            pending = inflate.unconsumed_tail or handle.read(1 << 20)
+
+
+def _open(path: Path, *, header_only: bool, max_pixels: int | None = None) -> Dataset:
     """Parse the file (the pixel data is deferred when ``header_only``), with pydicom's warnings
-    about a premature end of file turned into an error."""
+    about a premature end of file turned into an error; deflated files are first checked against
+    the pixel budget."""
+    _check_deflated_size(path, max_pixels)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -155,8 +193,9 @@ def _require_decoder(ds: Dataset, path: Path) -> None:
 def _check_native_length(ds: Dataset, path: Path) -> None:
     """Header-only truncation check for uncompressed pixel data: declared vs present bytes."""
     raw = ds._dict.get(0x7FE00010)
-    if _transfer_syntax(ds).is_compressed or raw is None or not hasattr(raw, "value_tell"):
-        return
+    syntax = _transfer_syntax(ds)
+    if syntax.is_compressed or syntax.is_deflated or raw is None or not hasattr(raw, "value_tell"):
+        return  # deflated: value_tell counts in the inflated stream, not in the file
     if raw.length in (None, 0xFFFFFFFF):
         return
     if os.path.getsize(path) < raw.value_tell + raw.length:
@@ -275,12 +314,14 @@ def read_dicom_header(path: str | Path, *, max_pixels: int | None = None) -> dic
 
     Checks what can be checked cheaply: the file parses, holds pixel data, a decoder exists for
     its transfer syntax, uncompressed pixel data is as long as its size tags say, and the size
-    tags stay within the pixel budget (``medxfer.datasets.budget``). A corrupt compressed stream
-    is only found by decoding (``read_dicom``).
+    tags (and a deflated dataset's inflated size) stay within the pixel budget
+    (``medxfer.datasets.budget``). A corrupt compressed stream, and compressed frames larger
+    than the size tags say, are only found with the pixel data (``read_dicom``, ``inspect
+    --decode``).
     """
     path = Path(path)
     with _quiet():
-        ds = _open(path, header_only=True)
+        ds = _open(path, header_only=True, max_pixels=max_pixels)
         _require_pixel_data(ds, path)
         _require_decoder(ds, path)
         _check_declared_size(ds, path, None, max_pixels)
@@ -309,12 +350,15 @@ def _check_codestream_sizes(ds: Dataset, path: Path, frame: int | None, max_pixe
         return  # native, RLE and deflated data decode to the size the tags give
     total = 0
     try:
-        for index, codestream in enumerate(generate_frames(ds.PixelData, number_of_frames=_frame_count(ds))):
-            if frame is None or index == frame:
-                size = size_of(codestream)
-                total += size[0] * size[1] * size[2] if size else 0
-    except Exception:  # noqa: BLE001 - damaged encapsulation: the decoder reports it with a reason
-        return
+        frames = list(enumerate(generate_frames(ds.PixelData, number_of_frames=_frame_count(ds))))
+    except Exception:  # noqa: BLE001 - any damage to the encapsulation
+        raise UnreadableScanError(path, "its compressed frames cannot be located (damaged encapsulation)") from None
+    for index, codestream in frames:
+        if frame is None or index == frame:
+            size = size_of(codestream)
+            if size is None:  # a decoder would still find one: refuse rather than decode blind
+                raise UnreadableScanError(path, f"compressed frame {index} declares no image size that can be read")
+            total += size[0] * size[1] * size[2]
     check_budget(path, total, max_pixels, "the sizes declared by its compressed frames")
 
 
@@ -438,7 +482,7 @@ def read_dicom(path: str | Path, *, window: Window = "default", frame: int | Non
 
 
 def _read(path: Path, window: Window, frame: int | None, max_pixels: int | None) -> Scan:
-    ds = _open(path, header_only=False)
+    ds = _open(path, header_only=False, max_pixels=max_pixels)
     _require_pixel_data(ds, path)
     _require_decoder(ds, path)
     _check_declared_size(ds, path, frame, max_pixels)

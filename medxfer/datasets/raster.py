@@ -154,7 +154,9 @@ def _meta(path: Path, image: Image.Image, max_pixels: int | None) -> dict[str, A
     if image.mode == "F":
         raise UnreadableScanError(path, "32-bit floating-point samples (mode F) are not supported")
     width, height = image.size
-    check_budget(path, width * height, max_pixels, f"{width} x {height} pixels")
+    samples = len(image.getbands())  # counted like DICOM's samples per pixel: RGB is three values a pixel
+    check_budget(path, width * height * samples, max_pixels,
+                 f"{width} x {height} pixels" + (f" x {samples} samples" if samples > 1 else ""))
     return {
         "format": _FORMATS[image.format],
         "mode": image.mode,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medxfer.csvfiles import from_cell
+from medxfer.datasets import budget
 from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key, pseudonym_salt
 from medxfer.datasets.reader import read_header, read_scan
 from medxfer.datasets.scan import MedxferWarning, UnreadableScanError
@@ -231,6 +232,10 @@ def _manifest_meta(row: dict[str, str]) -> dict[str, Any]:
     return meta
 
 
+def _is_utf8(text: str) -> bool:
+    return not any("\udc80" <= c <= "\udcff" for c in text)
+
+
 def normalise_column(name: str) -> str:
     """``Patient ID``, ``PatientID``, ``MRN`` and the like become ``patient_id``; other names are
     lower-cased with runs of spaces and hyphens turned into ``_``."""
@@ -239,15 +244,16 @@ def normalise_column(name: str) -> str:
 
 
 def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
-    """Rows of a manifest keyed by normalised column names; identifying columns are dropped, and
-    a value's leading apostrophe (the mark medxfer's own CSVs put before a cell a spreadsheet
+    """Rows of a manifest keyed by normalised column names; identifying columns are dropped; a
+    path's bytes that are not UTF-8 are kept as the file system's own (with a warning), while any
+    other value must be UTF-8 text; and a value's leading apostrophe (the mark medxfer's own CSVs put before a cell a spreadsheet
     would run as a formula, ``medxfer.csvfiles``) is removed, so they can serve as manifests.
 
     Raises ``ManifestError`` naming the manifest (and row) for anything that is not a readable
-    UTF-8 CSV with a ``path`` column and distinct column names.
+    CSV with a ``path`` column and distinct column names.
     """
     try:
-        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+        with open(manifest, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None:
@@ -271,9 +277,16 @@ def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
                     stacklevel=3,
                 )
             rows = []
+            undecodable = 0
             for values in reader:
                 if not any(v.strip() for v in values):
                     continue  # blank line
+                for column, value in zip(columns, values, strict=False):
+                    if not _is_utf8(value):
+                        if column != "path":  # only a path may name bytes: every other value is text
+                            raise ManifestError(f"{manifest}, line {reader.line_num}: the {column or 'unnamed'} column "
+                                                "is not UTF-8 text; save the manifest as UTF-8 CSV")
+                        undecodable = undecodable or reader.line_num
                 if len(values) > len(columns):
                     raise ManifestError(
                         f"{manifest}, line {reader.line_num}: {len(values)} values but {len(columns)} "
@@ -284,8 +297,11 @@ def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
                     raise ManifestError(f"{manifest}, line {reader.line_num}: a value in a column without a name")
                 rows.append({c: from_cell(v) for c, v in zip(columns, padded, strict=True)
                              if c and not is_identifying_column(c)})
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
+            if undecodable:
+                warnings.warn(f"{manifest}, line {undecodable}: a path holds bytes that are not UTF-8, read as the "
+                              "file system's own bytes (medxfer's outputs carry such file names); if the manifest "
+                              "was saved in another encoding (Latin-1, Windows-1252), save it as UTF-8",
+                              MedxferWarning, stacklevel=3)
     except csv.Error as exc:
         raise ManifestError(f"{manifest}: not a valid CSV file, line {reader.line_num}: {exc}") from None
     return rows
@@ -378,6 +394,7 @@ def load_scans(path: str | Path, *, layout: str = "auto", decode: bool = False, 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     pseudonym_salt()  # a bad salt is one error now, not one unreadable file per DICOM later
+    budget.max_pixels(max_pixels)  # so is a bad pixel budget
     if layout == "auto":
         layout = detect_layout(path, labelled=labelled)
     if layout == "manifest":
@@ -404,11 +421,21 @@ def load_labelled(path: str | Path, *, layout: str = "auto", skip_unreadable: bo
     missing = [r.path for r in scans.records if r.label is None]
     if missing:
         raise ManifestError(f"{path}: {len(missing)} file(s) have no label, e.g. {missing[0]}")
+    unprintable = sorted({r.label for r in scans.records if not is_printable_text(r.label)})
+    if unprintable:
+        raise ValueError(f"{path}: the label(s) {', '.join(shown(label) for label in unprintable)} hold a control "
+                         "character or bytes that are not UTF-8; labels become class names in every report, so "
+                         "rename the class folder (or the manifest's label) with printable text")
     if scans.unreadable and not skip_unreadable:
         raise UnreadableFilesError(scans.unreadable)
     if len(scans.classes) < 2:
         raise ValueError(f"{path}: a classifier needs at least two classes, found {list(scans.classes)}")
     return scans
+
+
+def is_printable_text(text: str) -> bool:
+    """True for text without control characters and without bytes that were not UTF-8."""
+    return text.isprintable()  # lone surrogates (undecodable bytes) are not printable either
 
 
 def _refuse_patient_folders(scans: ScanSet) -> None:

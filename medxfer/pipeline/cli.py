@@ -100,6 +100,10 @@ def _print_splits(scans: ScanSet) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     summary = inspect_path(args.path, layout=args.layout, decode=args.decode, max_pixels=args.max_pixels)
     if args.json:
+        # names that are not printable UTF-8 in the same $'...' quoting as the text output, so that
+        # the JSON stays strict (a lone surrogate escape is refused by strict parsers)
+        summary = {**summary, "path": shown(summary["path"]),
+                   "unreadable": [{**item, "path": shown(item["path"])} for item in summary["unreadable"]]}
         print(json.dumps(summary, indent=2))
         return 0
     _print_summary(summary)
@@ -475,8 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python's exit flush quiet
         return 0
     except KeyboardInterrupt:
-        print(f"\nmedxfer {args.command}: interrupted; {RESUME_HINTS.get(args.command, 'nothing was left half-written')}",
-              file=sys.stderr)
+        hint = RESUME_HINTS.get(args.command, "nothing was left half-written")
+        if args.command == "predict":
+            hint = hint.replace("OUT.parts/", shown(f"{args.out}.parts/"))
+        print(f"\nmedxfer {args.command}: interrupted; {hint}", file=sys.stderr)
         return 130
     except (UnreadableFilesError, ManifestError, SplitError, PatientLeakageError, OSError, ValueError) as exc:
         print(printable(f"medxfer {args.command}: error: {exc}"), file=sys.stderr)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from medxfer.datasets import budget
 from medxfer.datasets.reader import read_scan
 from medxfer.datasets.scan import Scan, UnreadableScanError
 from medxfer.datasets.sources import UnreadableFile
@@ -50,6 +51,9 @@ class DecodeSettings:
     window: str = "default"
     volume_strategy: str = "middle"
     max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        budget.max_pixels(self.max_pixels)  # a bad budget is one error here, not one per file later
 
 
 def _read(path: Path, settings: DecodeSettings) -> Scan:

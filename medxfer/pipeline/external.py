@@ -78,6 +78,27 @@ def load_evaluator(run_dir: Path) -> Evaluator:
         raise RunNotFoundError(f"{run_dir / CALIBRATION_FILE}: {exc}") from None
 
 
+EVALUATION_FILES = frozenset({METRICS_FILE, "report.html", "model_card.md", PREDICTIONS_FILE, UNREADABLE_FILE,
+                              ENVIRONMENT_FILE})
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that holds anything but an earlier evaluation's files (which this one
+    replaces): a training run, another command's output, a user's own files."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; an evaluation is written into a folder")
+    if not out.is_dir():
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in EVALUATION_FILES)
+    if others:
+        raise ValueError(f"--out {out} holds files an evaluation did not write ({', '.join(others[:5])}"
+                         f"{', ...' if len(others) > 5 else ''}): choose a new or empty folder")
+    metrics = out / METRICS_FILE
+    if metrics.is_file() and _read_json(metrics).get("kind") != "external validation":
+        raise ValueError(f"--out {out} holds the metrics.json of a training run, not of an evaluation: choose a new "
+                         "or empty folder")
+
+
 def _labelled_records(data: Path, layout: str, classes: list[str], max_pixels: int | None) -> ScanSet:
     scans = load_scans(data, layout=layout, labelled=True, max_pixels=max_pixels)
     if scans.layout == "unlabelled":
@@ -134,6 +155,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     out = Path(out) if out is not None else run_dir / "evaluations" / name
     if out.resolve() == run_dir.resolve():
         raise ValueError(f"--out {out} is the run folder itself, whose own report it would replace; choose another")
+    _check_out(out)
     config = load_config(run_dir / CONFIG_FILE)
     overrides = {k: v for k, v in {"bootstrap": bootstrap, "subgroups": subgroups,
                                    "intersections": intersections}.items() if v is not None}
@@ -183,6 +205,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
         write_csv(out / UNREADABLE_FILE, ("path", "reason"),
                   ({"path": scans.relative(u.path), "reason": u.reason} for u in unreadable))
         log(f"skipped {len(unreadable)} unreadable file(s): listed in {shown(out / UNREADABLE_FILE)}")
+    else:
+        (out / UNREADABLE_FILE).unlink(missing_ok=True)  # an earlier evaluation's list would read as this one's
     write_evaluation(out, evaluation, evaluator_state=None, history=_read_history(run_dir / HISTORY_FILE),
                      config=config.to_dict(), environment=_read_json(out / ENVIRONMENT_FILE))
     for line in headline(metrics):

@@ -48,6 +48,7 @@ import torch
 
 from medxfer import __version__
 from medxfer.csvfiles import CsvText
+from medxfer.datasets import budget
 from medxfer.datasets.sources import iter_files, manifest_path, missing_reason, read_manifest_rows
 from medxfer.filenames import shown
 from medxfer.files import atomic_write_many
@@ -144,6 +145,7 @@ def predict_scans(run_dir: str | Path, scans: str | Path, out: str | Path, *, ba
     (``medxfer.datasets.budget``)."""
     run_dir, scans = Path(run_dir), Path(scans)
     paths = PredictionFiles.for_out(Path(out))
+    budget.max_pixels(max_pixels)
     check_run(run_dir)
     evaluator = load_evaluator(run_dir)
     cut = _threshold(evaluator, threshold)
@@ -201,9 +203,13 @@ class _Job:
                 raise ValueError(f"{self.run_dir}: {exc}") from None
         settings = {"model_sha256": recipe["weights_sha256"],
                     "calibration_sha256": _file_hash(self.run_dir / CALIBRATION_FILE), "threshold": self.cut,
-                    "slices": self.aggregate is not None, "slice_aggregate": self.aggregate}
+                    "slices": self.aggregate is not None, "slice_aggregate": self.aggregate,
+                    # files over the budget are error rows, which a rerun does not retry: another budget is
+                    # another job
+                    "max_pixels": budget.max_pixels(self.max_pixels)}
         parts = Parts(self.paths.parts, recipe["classes"], META_COLUMNS)
         claim = JobClaim(self.paths.parts, str(self.paths.out))
+        self.paths.check_layout()
         try:
             self._start(claim, parts, settings)
             return self._predict(model, decode, recipe, parts, settings)

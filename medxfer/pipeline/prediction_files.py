@@ -23,6 +23,7 @@ from medxfer.files import atomic_write_text
 SETTINGS_FILE = "settings.json"  # in the parts folder: what the rows were computed with
 PART_COLUMNS = ("index", "path", "slice", "status", "reason")
 WRITTEN_BY = "medxfer predict"  # the sidecar's "written_by": how a job recognises its own files
+RESERVED_ENDINGS = (".errors.csv", ".slices.csv")
 
 
 def _is_sidecar(path: Path) -> bool:
@@ -56,10 +57,13 @@ class PredictionFiles:
     @classmethod
     def for_out(cls, out: Path) -> PredictionFiles:
         """``predictions.csv`` -> ``predictions.errors.csv``, ``.slices.csv``, ``.json``, ``.csv.parts``.
-        Raises ValueError unless ``out`` names a ``.csv`` file."""
-        if out.suffix.lower() != ".csv":
-            raise ValueError(f"--out {out}: the predictions must go to a .csv file (their sidecar is the same name "
-                             "with .json, their errors .errors.csv)")
+        Raises ValueError unless ``out`` ends in ``.csv`` (lower case) and not in ``.errors.csv`` or
+        ``.slices.csv``: so the files of two different ``--out`` never overlap (``a.CSV`` would share
+        ``a.json`` with ``a.csv``; ``a.errors.csv`` is ``a.csv``'s errors file), and two jobs that
+        could write the same file always take the same lock."""
+        if out.suffix != ".csv" or out.name.endswith(RESERVED_ENDINGS):
+            raise ValueError(f"--out {out}: the predictions must go to a file ending in .csv (lower case), and not in "
+                             f"{' or '.join(RESERVED_ENDINGS)}, which name the files beside another output")
         return cls(out, out.with_name(out.stem + ".errors" + out.suffix),
                    out.with_name(out.stem + ".slices" + out.suffix), out.with_suffix(".json"),
                    out.with_name(out.name + ".parts"))
@@ -78,13 +82,23 @@ class PredictionFiles:
         """True while parts recorded by a job exist: any output beside them is that job's own."""
         return (self.parts / SETTINGS_FILE).is_file()
 
+    def check_layout(self) -> None:
+        """Refuse, before the job claims its parts folder, paths that are in the way: a folder
+        where a file goes, a file (or a link, whose target the job would fill) where the parts
+        folder goes."""
+        for path in (*self.outputs, self.parts):
+            wrong = path.is_symlink() if path == self.parts else path.is_dir()
+            if path == self.parts and path.exists() and not path.is_dir():
+                wrong = True
+            if wrong:
+                kind = "link" if path.is_symlink() else "folder" if path.is_dir() else "file"
+                raise ValueError(f"{path} is in the way of --out {self.out.name}: it is a {kind}; move it or write "
+                                 "to another --out")
+
     def check(self, settings: dict[str, Any]) -> None:
         """Refuse, before anything is written, to replace a file this job does not own, or to mix
         rows of an earlier output or earlier parts computed with other ``settings``."""
-        for path in (*self.outputs, self.parts):
-            if path.exists() and path.is_dir() != (path == self.parts):
-                raise ValueError(f"{path} is in the way of --out {self.out.name}: it is a "
-                                 f"{'folder' if path.is_dir() else 'file'}; move it or write to another --out")
+        self.check_layout()
         sidecar_is_ours = self.sidecar.is_file() and _is_sidecar(self.sidecar)
         if self.sidecar.exists() and not sidecar_is_ours:
             raise ValueError(f"--out {self.out} would replace {self.sidecar} (its sidecar), which medxfer predict did "

@@ -351,9 +351,10 @@ class Trainer:
         return None if self.config.max_pixels == "auto" else int(self.config.max_pixels)
 
     def _undo_setup(self) -> None:
-        """A new run that failed before its first epoch leaves no files behind (a plain rerun would
-        otherwise be refused as "already holds a run"): the set-up files this call wrote, and the
-        run folder if this call created it and nothing else is in it."""
+        """A new run that stopped before it finished an epoch (an error, Ctrl-C) leaves no files
+        behind (a plain rerun would otherwise be refused as "already holds a run"): the set-up
+        files this call wrote, and the run folder if this call created it and nothing else is in
+        it."""
         for path in sorted(self._written, key=lambda p: p == self.run_dir):
             if path == self.run_dir:
                 with contextlib.suppress(OSError):
@@ -381,6 +382,12 @@ class Trainer:
             raise RunDirectoryError(
                 f"{self.run_dir} already holds a run; continue it with --resume or choose another --out"
             )
+        if not self.resume and self.run_dir.exists():
+            if not self.run_dir.is_dir():
+                raise RunDirectoryError(f"--out {self.run_dir} is a file; a run is written into a folder")
+            if any(self.run_dir.iterdir()):
+                raise RunDirectoryError(f"--out {self.run_dir} holds files that are not a medxfer run: a new run goes "
+                                        "into a new or empty folder")
         if self.resume:
             saved = load_config(self.run_dir / CONFIG_FILE)
             wanted = self.config
@@ -478,11 +485,15 @@ class Trainer:
     def _run(self) -> TrainResult:
         self._check_run_dir()
         try:
-            data = self.prepare()
-            loop = self.build_loop(data)
+            return self._train()
         except BaseException:
-            self._undo_setup()
+            if not (self.run_dir / CHECKPOINT_FILE).is_file() and not (self.run_dir / METRICS_FILE).is_file():
+                self._undo_setup()  # nothing trained yet: the same command can simply run again
             raise
+
+    def _train(self) -> TrainResult:
+        data = self.prepare()
+        loop = self.build_loop(data)
         model, config, optimizer, domain = data.model, self.config, loop.optimizer, loop.net.domain
         state = {"epoch": 0, "best_epoch": 0, "best_score": -math.inf, "bad_epochs": 0, "history": []}
         # best_score is the validation AUROC, or minus the validation loss when the validation
@@ -626,7 +637,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not self.resume:
                 self._written += [path for path in (self.run_dir / name for name in (
-                    CONFIG_FILE, SPLITS_FILE, ENVIRONMENT_FILE, UNREADABLE_FILE)) if not path.exists()]
+                    CONFIG_FILE, SPLITS_FILE, ENVIRONMENT_FILE, UNREADABLE_FILE, HISTORY_FILE)) if not path.exists()]
                 write_config(config, self.run_dir / CONFIG_FILE)
             write_splits_csv(scans, self.run_dir / SPLITS_FILE)
             if scans.unreadable:

@@ -109,3 +109,42 @@ def test_the_budget_comes_from_the_environment_unless_given(tmp_path, monkeypatc
     assert budget.max_pixels() == budget.DEFAULT_MAX_PIXELS == 2**27
     with pytest.raises(ValueError, match="1 or more"):
         budget.max_pixels(0)
+
+
+def test_bytes_before_the_start_of_frame_cannot_hide_a_frame_s_size(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))  # 100 x 100 x 3, JPEG baseline
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    at = next(i for i in range(2, len(frame) - 1) if frame[i] == 0xFF and frame[i + 1] == 0xC0)
+    padded = frame[:at] + b"\x00" + frame[at:]  # an extraneous byte, as libjpeg tolerates
+    assert jpeg_size(padded) == (100, 100, 3)
+    ds.PixelData = pydicom.encaps.encapsulate([padded])
+    ds.Rows = ds.Columns = 10
+    path = tmp_path / "hidden.dcm"
+    ds.save_as(path)
+    with pytest.raises(UnreadableScanError, match="sizes declared by its compressed frames"):
+        read_scan(path, max_pixels=20_000)
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])  # no frame header at all
+    ds.save_as(path)
+    with pytest.raises(UnreadableScanError, match="declares no image size"):
+        read_scan(path)
+
+
+def test_a_deflated_dicom_that_inflates_beyond_the_budget_is_refused_before_inflating(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = phantom.encode_dicom(np.zeros((8, 8), np.float32), tmp_path / "small.dcm")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    assert read_header(path)["rows"] == 8 and read_scan(path).pixels.shape == (8, 8)  # read, not "truncated"
+    ds.add_new(0x00091010, "OB", bytes(40_000_000))  # a private element of zeros: 40 MB in 40 kB
+    bomb = tmp_path / "bomb.dcm"
+    ds.save_as(bomb, enforce_file_format=True)
+    assert bomb.stat().st_size < 200_000
+    tracemalloc.start()
+    for read in (read_header, read_scan):
+        with pytest.raises(UnreadableScanError, match="deflated data expand beyond"):
+            read(bomb, max_pixels=1000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10_000_000

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -10,6 +11,7 @@ import pytest
 from medxfer.datasets import dicom as dicom_module
 from medxfer.datasets import phantom
 from medxfer.datasets.metadata import SaltError
+from medxfer.datasets.scan import MedxferWarning
 from medxfer.datasets.sources import (
     ManifestError,
     UnreadableFilesError,
@@ -199,8 +201,19 @@ def test_columns_equal_after_normalising_are_refused(tmp_path):
 def test_manifest_that_is_not_utf8_names_the_file(tmp_path):
     write_image(tmp_path / "a.dcm")
     (tmp_path / "m.csv").write_bytes("path,label,site\na.dcm,x,Zürich\n".encode("latin-1"))
-    with pytest.raises(ManifestError, match="m.csv: not UTF-8 text"):
+    with pytest.raises(ManifestError, match="m.csv, line 2: the site column is not UTF-8 text"):
         load_scans(tmp_path / "m.csv")
+
+
+def test_a_path_that_is_not_utf8_names_the_file_the_os_gives_with_a_warning(tmp_path):
+    import os
+
+    name = b"\xe9t\xe9.dcm"  # Latin-1 "ete.dcm" with accents, as a file system may hold it
+    write_image(Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), name))))
+    (tmp_path / "m.csv").write_bytes(b"path,label\n" + name + b",x\n")
+    with pytest.warns(MedxferWarning, match="line 2: a path holds bytes that are not UTF-8"):
+        scans = load_scans(tmp_path / "m.csv")
+    assert [os.fsencode(r.path.name) for r in scans.records] == [name] and not scans.unreadable
 
 
 def test_manifest_paths_with_backslashes_and_outside_the_folder_are_found(tmp_path):
@@ -302,3 +315,12 @@ def test_row_with_more_values_than_columns_is_refused(tmp_path):
     (tmp_path / "m.csv").write_text("path,label,site\na.dcm,normal,Mercy, North\n")
     with pytest.raises(ManifestError, match="line 2: 4 values but 3 columns"):
         load_scans(tmp_path / "m.csv")
+
+
+def test_a_label_that_is_not_printable_text_is_refused_naming_it(tmp_path):
+    import os
+
+    write_image(tmp_path / "normal" / "a.dcm")
+    write_image(Path(os.fsdecode(os.fsencode(tmp_path) + b"/opac\xffity/b.dcm")), patient_id="P2")
+    with pytest.raises(ValueError, match=r"label\(s\) \$'opac\\xffity' hold a control character"):
+        load_labelled(tmp_path, layout="classes")

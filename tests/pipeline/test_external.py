@@ -95,6 +95,26 @@ def test_unreadable_files_are_listed_and_the_rest_scored(run, other_site, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["n"] == len(rows) and metrics["unreadable_files"] == 2
     assert "2 unreadable" in capsys.readouterr().out
+    (data / "normal" / "truncated.dcm").unlink()
+    (data / "opacity" / "notes.txt").unlink()
+    assert main(["evaluate", str(run), "--data", str(data), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert not (out / "unreadable.csv").exists()  # the earlier list would read as this evaluation's
+
+
+def test_an_out_folder_holding_other_files_is_refused(run, other_site, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (mine / "report.html").write_text("mine")
+    assert main(["evaluate", str(run), "--data", str(other_site.manifest), "--out", str(mine)]) == 1
+    assert "holds files an evaluation did not write (notes.txt)" in capsys.readouterr().err
+    assert (mine / "report.html").read_text() == "mine"
+    another_run = tmp_path / "another-run"
+    another_run.mkdir()
+    for name in ("metrics.json", "report.html"):
+        (another_run / name).write_bytes((run / name).read_bytes())
+    assert main(["evaluate", str(run), "--data", str(other_site.manifest), "--out", str(another_run)]) == 1
+    assert "metrics.json of a training run" in capsys.readouterr().err
 
 
 def test_no_patient_identifier_reaches_any_output(run, other_site, tmp_path):

@@ -348,15 +348,43 @@ def test_an_out_whose_sidecar_is_a_file_predict_did_not_write_is_refused(run, sc
     assert "which medxfer predict did not write" in capsys.readouterr().err
     assert (copied / "model.json").read_bytes() == recipe and not (copied / "model.csv").exists()
     assert not (copied / "model.csv.parts").exists()
-    assert main(["predict", str(copied), str(scans[0]), "--out", str(tmp_path / "preds.json")]) == 1
-    assert "must go to a .csv file" in capsys.readouterr().err and not (tmp_path / "preds.json").exists()
+    for out in ("preds.json", "preds.CSV", "preds.errors.csv"):  # would share files with preds.csv's job
+        assert main(["predict", str(copied), str(scans[0]), "--out", str(tmp_path / out)]) == 1
+        assert "must go to a file ending in .csv (lower case)" in capsys.readouterr().err
+        assert not (tmp_path / out).exists()
 
 
-def test_a_file_in_the_way_of_the_errors_file_is_not_replaced(run, scans, tmp_path, capsys):
+def test_a_file_in_the_way_of_the_errors_file_or_the_parts_is_not_replaced(run, scans, tmp_path, capsys):
     (tmp_path / "p.errors.csv").write_text("mine\n")
     assert main(["predict", str(run), str(scans[0]), "--out", str(tmp_path / "p.csv"), "--workers", "0"]) == 1
     assert "p.errors.csv exists without p.json" in capsys.readouterr().err
     assert (tmp_path / "p.errors.csv").read_text() == "mine\n"
+    (tmp_path / "q.csv.parts").write_text("mine\n")  # a file where the parts folder goes
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (tmp_path / "r.csv.parts").symlink_to(mine)  # a link: the job would fill the folder it points to
+    for out in ("q.csv", "r.csv"):
+        assert main(["predict", str(run), str(scans[0]), "--out", str(tmp_path / out), "--workers", "0"]) == 1
+        assert "is in the way of --out" in capsys.readouterr().err
+    assert (tmp_path / "q.csv.parts").read_text() == "mine\n" and not any(mine.iterdir())
+
+
+def test_a_rerun_with_another_pixel_budget_is_refused(run, scans, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), str(scans[0]), "--out", str(out), "--workers", "0", "--max-pixels",
+                 "1000"]) == 0
+    assert "max_pixels 1000 there, 1000000 now" in (main(["predict", str(run), str(scans[0]), "--out", str(out),
+                                                          "--workers", "0", "--max-pixels", "1000000"]),
+                                                    capsys.readouterr().err)[1]
+
+
+def test_an_invalid_pixel_budget_in_the_environment_is_one_error_before_any_file(run, scans, tmp_path, capsys,
+                                                                                monkeypatch):
+    monkeypatch.setenv("MEDXFER_MAX_PIXELS", "0")
+    assert main(["predict", str(run), str(scans[0]), "--out", str(tmp_path / "p.csv")]) == 1
+    assert "MEDXFER_MAX_PIXELS must be a whole number of pixels, 1 or more" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    assert main(["inspect", str(scans[0])]) == 1
 
 
 def test_a_second_job_on_the_same_out_is_refused_while_the_first_holds_it(run, scans, tmp_path, capsys):

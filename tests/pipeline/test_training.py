@@ -167,6 +167,15 @@ def test_resume_refuses_changed_settings(reference):
         train(replace(config, lr=0.01), resume=True, log=quiet)
 
 
+def test_a_new_run_is_not_written_into_a_folder_holding_other_files(cohort, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "splits.csv").write_text("mine")
+    with pytest.raises(RunDirectoryError, match="holds files that are not a medxfer run"):
+        train(small(cohort, folder), log=quiet)
+    assert (folder / "splits.csv").read_text() == "mine"
+
+
 def test_resume_without_a_run_says_so(cohort, tmp_path):
     with pytest.raises(RunDirectoryError, match="no run to resume"):
         train(small(cohort, tmp_path / "empty"), resume=True, log=quiet)
