@@ -22,7 +22,7 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def run(cohort, tmp_path_factory):
-    """A finished two-epoch training run at 32 pixels on ``cohort`` (report with 20 bootstrap
+    """A finished two-epoch training run at 32 pixels on ``cohort`` (report with 200 bootstrap
     resamples), shared by the evaluate, predict and export tests; they only read it (export may add
     files under ``exports/``)."""
     from medxfer.pipeline.config import load_config
@@ -31,7 +31,7 @@ def run(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
     config = load_config(None, {"data": str(cohort.manifest), "out": str(out), "image_size": 32, "epochs": 2,
                                 "batch_size": 8, "cache_views": 1, "workers": 0, "augment": "light",
-                                "bootstrap": 20}).validate(need_data=True)
+                                "bootstrap": 200}).validate(need_data=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEDXFER_SALT", "medxfer-tests-salt-0123456789")
         train(config, log=lambda _: None)

@@ -163,7 +163,7 @@ def test_domain_shift_compares_four_methods_on_the_same_site_b_patients(kernel_s
 
 def test_reading_the_report_shows_the_sections_from_metrics_json(kernel_specs, tmp_path):
     out = tmp_path / "report"
-    nb, printed, values = run_notebook("03_reading_the_report.ipynb", kernel_specs, small(out, bootstrap=20), {
+    nb, printed, values = run_notebook("03_reading_the_report.ipynb", kernel_specs, small(out, bootstrap=200), {
         "figures": "sorted(figures)"})
     metrics = json.loads((out / "run" / "metrics.json").read_text(encoding="utf-8"))
     calibration = metrics["calibration"]

@@ -44,8 +44,7 @@ from pydicom.uid import (
     JPEGTransferSyntaxes,
 )
 
-from medxfer.datasets import header_text
-from medxfer.datasets import budget
+from medxfer.datasets import budget, header_text
 from medxfer.datasets.budget import check_budget
 from medxfer.datasets.codestream import j2k_size, jpeg_size
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit

@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="labelled class folders or CSV manifest")
     p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/evaluations/<data set name>)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="how to read --data (default: auto)")
-    p.add_argument("--bootstrap", type=count, help="bootstrap resamples for the intervals (default: the run's, 1000)")
+    p.add_argument("--bootstrap", type=count, help="bootstrap resamples for the intervals of average precision, ECE and F1: 0, or 200 or more (default: the run's, 1000)")
     p.add_argument("--subgroup", action="append", default=[], metavar="COLUMN",
                    help="also report this manifest column as a subgroup attribute (repeatable)")
     p.add_argument("--intersection", action="append", default=[], metavar="'A x B'",

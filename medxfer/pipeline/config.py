@@ -243,6 +243,13 @@ def _auto_or(rule: _Rule) -> _Rule:
     )
 
 
+def _bootstrap_resamples(value: Any) -> int:
+    """0, or at least 200 resamples: fewer put the ends of a 95 % interval on a handful of draws."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not (value == 0 or value >= 200):
+        raise _Invalid
+    return int(value)
+
+
 def _bool() -> _Rule:
     def check(value: Any) -> bool:
         if not isinstance(value, bool):
@@ -433,7 +440,7 @@ _RULES: dict[str, _Rule] = {
     "threshold": _choice(("youden", "sensitivity")),
     "target_sensitivity": _float(0.0, 1.0, low_open=True),
     "positive_class": _Rule("a class name or auto", lambda v: _names(str(v) if isinstance(v, numbers.Number) else v)[0]),
-    "bootstrap": _int(0),
+    "bootstrap": _Rule("0 (no bootstrap intervals) or a whole number >= 200", _bootstrap_resamples),
     "subgroups": _Rule("a list of manifest column names", _names),
     "intersections": _Rule('a list of pairs such as "sex x age_band"', _intersections),
     "age_bands": _Rule("a list of increasing ages in years, the first > 0", _age_bands),

@@ -22,24 +22,22 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
-from scipy.stats import binomtest
+from scipy.special import expit, softmax
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
     balanced_accuracy_score,
     confusion_matrix,
     roc_auc_score,
-    roc_curve,
 )
 
 from medxfer import __version__
-from medxfer.pipeline.bootstrap import Resamples, bootstrap_values, draw_resamples, interval_of_gap, percentile_interval
+from medxfer.pipeline.bootstrap import Resamples, bootstrap_values, draw_resamples, percentile_interval
 from medxfer.pipeline.calibration import (
     adaptive_calibration_error,
     brier_score,
@@ -48,18 +46,37 @@ from medxfer.pipeline.calibration import (
     make_calibrator,
     maximum_calibration_error,
     negative_log_likelihood,
+    positive_class_calibration_error,
     reliability_bins,
+)
+from medxfer.pipeline.comparisons import GroupScorer, family, holm
+from medxfer.pipeline.flags import bias_summary
+from medxfer.pipeline.intervals import (
+    LOGIT_WALD,
+    MEAN_T,
+    WILSON,
+    Estimate,
+    auroc_estimate,
+    average,
+    compare,
+    compare_proportions,
+    logit_interval,
+    mean_estimate,
+    mean_interval,
+    patient_codes,
+    proportion_estimate,
+    wilson_interval,
 )
 from medxfer.pipeline.scoring import (
     binary_auroc,
     binary_average_precision,
-    brier,
     class_rates,
     confusion_counts,
     macro_auroc,
     ranking_scores,
     sensitivity_specificity,
 )
+from medxfer.pipeline.transfer import transfer_warnings
 
 # Attributes reported whenever the scans carry them (DICOM header or manifest column).
 STANDARD_ATTRIBUTES = ("sex", "age_band", "site", "manufacturer", "view")
@@ -69,19 +86,27 @@ MIN_PER_CLASS = 30
 WIDE_INTERVAL = 0.2  # width of the AUROC interval
 NEGATIVE_NAMES = {"normal", "negative", "no finding", "no_finding", "nofinding", "healthy", "benign", "absent",
                   "none", "control", "no", "0"}
-MIN_FLAG_COUNT = 10  # a group needs this many images of each class its metric counts to be flagged
-# ... and to be at least this much worse than the whole split: in a large set a gap of 0.01 can
-# be statistically clear and still of no clinical consequence.
-MIN_FLAG_GAP = 0.05
-# Metrics whose subgroup gaps are flagged. ECE is reported but not flagged: its estimate is
-# biased upwards in small samples, so a small group always looks worse calibrated than the
-# whole split, whether or not it is.
-FLAGGED_METRICS = ("auroc", "sensitivity", "specificity")
 SUBGROUP_METRICS = ("auroc", "sensitivity", "specificity", "ece")
-SPLIT_INTERVALS = ("auroc", "average_precision", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
-                   "ece", "brier")
+# Intervals checked by simulation (intervals.py) and those left to a percentile bootstrap over
+# patients, whose coverage is not checked: they are marked approximate wherever they are shown.
+CHECKED_INTERVALS = ("auroc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "brier")
+LOGIT_METRICS = ("auroc", "balanced_accuracy")
+BOOTSTRAPPED = ("average_precision", "ece", "ece_positive", "per-class f1 and average precision", "subgroup ece")
+MIN_BOOTSTRAP = 200  # fewer resamples put the ends of a 95 % interval on a handful of draws
+MIN_INTERVAL_PATIENTS = 2  # with one patient of the class a figure rests on, its interval is marked approximate
+BOOTSTRAP_METHOD = "percentile bootstrap over patients"
+BOOTSTRAP_NOTE = {
+    "ece": "approximate: ECE is biased upwards on small sets",
+    "ece_positive": "approximate: ECE is biased upwards on small sets",
+    "*": "approximate: bootstrap over patients, coverage not checked",
+}
+INTERVAL_METHODS = {
+    "auroc": LOGIT_WALD + " (DeLong's variance, clustered)", "balanced_accuracy": LOGIT_WALD,
+    "sensitivity": WILSON, "specificity": WILSON, "accuracy": WILSON, "prevalence": WILSON, "brier": MEAN_T,
+    "average_precision": BOOTSTRAP_METHOD, "ece": BOOTSTRAP_METHOD, "ece_positive": BOOTSTRAP_METHOD,
+    "gaps": "difference of the two estimates, patient-clustered variance, t quantile",
+}
 CLASS_METRICS = ("precision", "recall", "specificity", "f1", "auroc", "average_precision")
-NAMES = {"auroc": "AUROC", "sensitivity": "Sensitivity", "specificity": "Specificity"}
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}  # split names in warnings
 
 
@@ -195,24 +220,31 @@ class Evaluator:
             method, self.calibration_note_ = "none", (
                 f"the validation split holds one class only, so the {settings.calibration} calibration was not "
                 "fitted and probabilities are the network's own")
-        elif method != "none" and macro_auroc(val.labels, ranking_scores(val.logits)) == 1.0:
-            # the likelihood then keeps falling as the probabilities sharpen: nothing bounds the fit
-            self.calibration_note_ = (
-                "the validation split is separated perfectly (AUROC 1), so the fit only learns to be more "
-                "confident and says little about new data; check the test set's ECE and NLL before and after, "
-                "and prefer a larger validation split")
+        elif method != "none" and np.array_equal(val.logits.argmax(1), val.labels):
+            # every image on the right side: the likelihood keeps rising as the probabilities sharpen, so
+            # the fit would end on its bound (T = 0.05) with probabilities of 0 and 1 (measured:
+            # benchmarks/statistics.py, calibration)
+            method, self.calibration_note_ = "none", (
+                f"every validation image is classified correctly by the network, so the likelihood has no finite "
+                f"optimum: {settings.calibration} scaling would sharpen the probabilities towards 0 and 1 without "
+                "limit. It was not fitted: the probabilities are the network's own (T = 1); a larger validation "
+                "split with some errors is needed to calibrate")
         self.calibrator_ = make_calibrator(method).fit(val.logits, val.labels)
+        bound = self.calibrator_.at_bound()
+        if bound:
+            self.calibration_note_ = f"{bound}; compare the test set's NLL and ECE before and after calibration"
         self.threshold_method_ = "argmax" if self.positive_ is None else settings.threshold
         self.target_sensitivity_ = settings.target_sensitivity if self.threshold_method_ == "sensitivity" else None
         self.threshold_ = None
         self.threshold_note_ = None
         if self.positive_ is not None:
             positive = val.labels == self.positive_
-            scores = self.predict_proba(val.logits)[:, self.positive_]
+            log_odds = ranking_scores(self.calibrator_.transform(val.logits))[:, self.positive_]
             if positive.all() or not positive.any():
                 self.threshold_, self.threshold_note_ = 0.5, "the validation split holds one class only: 0.5 used"
             else:
-                self.threshold_ = choose_threshold(positive, scores, settings.threshold, settings.target_sensitivity)
+                self.threshold_, self.threshold_note_ = choose_threshold(positive, log_odds, settings.threshold,
+                                                                         settings.target_sensitivity)
         return self
 
     def predict_proba(self, logits: np.ndarray) -> np.ndarray:
@@ -235,7 +267,8 @@ class Evaluator:
             "positive_class": None if self.positive_ is None else self.classes[self.positive_],
             "calibration": self.calibrator_.to_dict(),
             "threshold": {"method": self.threshold_method_, "target_sensitivity": self.target_sensitivity_,
-                          "value": self.threshold_, "chosen_on": "val", "note": self.threshold_note_},
+                          "value": self.threshold_, "chosen_on": "val", "placement": THRESHOLD_PLACEMENT,
+                          "note": self.threshold_note_},
         }
 
     @classmethod
@@ -269,18 +302,40 @@ class Evaluator:
         return evaluator
 
 
-def choose_threshold(positive: np.ndarray, scores: np.ndarray, method: str, target_sensitivity: float) -> float:
-    """The operating threshold on ``scores`` (a probability in [0, 1]) for the boolean
-    ``positive``: the one maximising Youden's J = sensitivity + specificity - 1 (``youden``), or
-    the highest one whose sensitivity reaches ``target_sensitivity`` (``sensitivity``)."""
-    fpr, tpr, thresholds = roc_curve(positive, scores, drop_intermediate=False)
+THRESHOLD_PLACEMENT = "midpoint of the neighbouring validation scores on the logit scale"
+
+
+def choose_threshold(positive: np.ndarray, log_odds: np.ndarray, method: str,
+                     target_sensitivity: float) -> tuple[float, str | None]:
+    """The operating threshold, a probability, for the boolean ``positive`` from the validation
+    images' ``log_odds`` of the positive class (the logit of its calibrated probability), and a
+    note when there is something to say.
+
+    The rule picks a cut between two neighbouring distinct scores: Youden's J (``youden``, the
+    largest sensitivity + specificity - 1; among equal J, the highest cut), or the highest cut
+    whose sensitivity reaches ``target_sensitivity`` (``sensitivity``). Every threshold in the
+    gap between those two scores classifies the validation images alike; the threshold is the
+    midpoint of the gap on the logit scale, not its edge, so that new images a little below the
+    lowest validation positive are not all missed (measured: benchmarks/statistics.py). When
+    the cut lies below the lowest score there is no lower neighbour and the threshold is that
+    score. When no cut gives J above 0 the model does not separate the classes on validation:
+    0.5 is used and the note says so."""
+    values = np.unique(log_odds)[::-1]  # distinct scores, highest first: cut k calls scores >= values[k]
+    positives, negatives = log_odds[positive], log_odds[~positive]
+    sensitivity = (positives[:, None] >= values[None, :]).mean(0)
+    specificity = (negatives[:, None] < values[None, :]).mean(0)
     if method == "youden":
-        best = int(np.argmax(tpr - fpr))
+        j = sensitivity + specificity - 1
+        if j.max() <= 1e-12:
+            return 0.5, ("no threshold separates the classes on the validation split (Youden's J is 0 or below at "
+                         "every one): 0.5 used, and the model's labels are no better than chance there")
+        best = int(np.argmax(j))
     elif method == "sensitivity":
-        best = int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])
+        best = int(np.flatnonzero(sensitivity >= target_sensitivity - 1e-12)[0])
     else:
         raise ValueError(f"threshold must be youden or sensitivity, got {method!r}")
-    return float(min(thresholds[best], 1.0))  # roc_curve's first threshold is +inf
+    cut = values[best] if best + 1 == len(values) else (values[best] + values[best + 1]) / 2
+    return float(expit(cut)), None
 
 
 # --- subgroups ---------------------------------------------------------------------------
@@ -364,8 +419,9 @@ def _value(x: float) -> float | None:
 
 
 class _SplitScorer:
-    """Point estimates (scikit-learn), bootstrap statistics (``scoring.py``) and intervals of one
-    split."""
+    """Point estimates (scikit-learn), intervals (``intervals.py``: patient-clustered, checked by
+    simulation; a percentile bootstrap over patients only for the figures no such method
+    exists for, marked approximate) and subgroup figures of one split."""
 
     def __init__(self, inputs: SplitInputs, evaluator: Evaluator, classes: Sequence[str],
                  settings: EvaluationSettings, resamples: Resamples | None) -> None:
@@ -380,68 +436,112 @@ class _SplitScorer:
         self.settings = settings
         self.resamples = resamples
         self.inputs = inputs
+        self.patients = patient_codes(inputs.patients, len(self.labels))
+        self.groups = GroupScorer(self.labels, self.predicted, self.ranking, self.positive, self.patients)
+        self.everything = np.ones(len(self.labels), bool)
 
-    # statistics on an index array, for the bootstrap -----------------------------------------
+    # the bootstrap, for the figures without a checked interval ---------------------------------
 
     def _auroc(self, idx: np.ndarray) -> float:
         if self.positive is not None:
             return binary_auroc(self.labels[idx] == self.positive, self.ranking[idx, self.positive])
         return macro_auroc(self.labels[idx], self.ranking[idx])
 
-    def overall_statistic(self, idx: np.ndarray) -> dict[str, float]:
-        labels, probabilities, predicted = self.labels[idx], self.probabilities[idx], self.predicted[idx]
-        ranking = self.ranking[idx]
+    def bootstrapped_statistic(self, idx: np.ndarray) -> dict[str, float]:
+        labels, probabilities, ranking = self.labels[idx], self.probabilities[idx], self.ranking[idx]
         k = len(self.classes)
-        counts = confusion_counts(labels, predicted, k)
-        sensitivity, specificity = sensitivity_specificity(counts, self.positive)
-        rates = class_rates(counts)
-        present = counts.sum(1) > 0
+        rates = class_rates(confusion_counts(labels, self.predicted[idx], k))
         values = {
-            "auroc": self._auroc(idx),
             "average_precision": (binary_average_precision(labels == self.positive, ranking[:, self.positive])
                                   if self.positive is not None else
                                   float(np.mean([binary_average_precision(labels == c, ranking[:, c])
                                                  for c in range(k)]))),
-            "accuracy": float(np.mean(labels == predicted)),
-            "balanced_accuracy": float(np.mean(rates["recall"][present])) if present.sum() > 1 else float("nan"),
-            "sensitivity": sensitivity,
-            "specificity": specificity,
             "ece": expected_calibration_error(labels, probabilities),
-            "brier": brier(labels, probabilities),
         }
         if self.positive is not None:
-            values["prevalence"] = float(np.mean(labels == self.positive))
-        rows = counts.sum(1)
-        for (i, j), count in np.ndenumerate(counts):  # each cell's share of its true class
-            values[f"cell\x00{i}\x00{j}"] = count / rows[i] if rows[i] else float("nan")
+            values["ece_positive"] = positive_class_calibration_error(labels, probabilities, self.positive)
         for c, name in enumerate(self.classes):
-            for metric in ("precision", "recall", "specificity", "f1"):
-                values[f"{name}\x00{metric}"] = float(rates[metric][c])
-            values[f"{name}\x00auroc"] = binary_auroc(labels == c, ranking[:, c])
+            values[f"{name}\x00f1"] = float(rates["f1"][c])
             values[f"{name}\x00average_precision"] = binary_average_precision(labels == c, ranking[:, c])
         return values
 
-    def group_statistic(self, idx: np.ndarray) -> dict[str, float]:
-        labels = self.labels[idx]
-        counts = confusion_counts(labels, self.predicted[idx], len(self.classes))
-        sensitivity, specificity = sensitivity_specificity(counts, self.positive)
-        values = {"auroc": self._auroc(idx), "sensitivity": sensitivity, "specificity": specificity,
-                  "ece": expected_calibration_error(labels, self.probabilities[idx])}
-        if self.positive is not None:
-            values["prevalence"] = float(np.mean(labels == self.positive))
-        return values
+    def _bootstrap(self, entry: dict[str, Any], draws: Mapping[str, np.ndarray] | None, metric: str,
+                   key: str | None = None, defined: dict[str, int] | None = None) -> None:
+        """``entry``'s interval of ``metric`` from the bootstrap ``draws[key or metric]``, marked
+        approximate; no interval without resamples."""
+        if draws is None or entry.get(metric) is None:
+            entry["ci"][metric] = None
+            return
+        interval = percentile_interval(draws[key or metric], level=self.settings.level)
+        entry["ci"][metric] = interval.as_list()
+        entry["ci_method"][metric] = BOOTSTRAP_METHOD
+        if interval.reason:
+            entry["na"][f"ci.{metric}"] = interval.reason
+        else:
+            entry["ci_note"][metric] = BOOTSTRAP_NOTE.get(metric.split("\x00")[-1], BOOTSTRAP_NOTE["*"])
+        if defined is not None:
+            defined[key or metric] = interval.defined
 
-    def _proportion_intervals(self, entry: dict[str, Any], counts: np.ndarray) -> None:
-        """Wilson score intervals in place of bootstrap intervals that collapse to a point
-        because the proportion is 0 or 1 (a group where every positive was found has a
-        bootstrap interval of [1, 1], which no reader should take at face value)."""
-        trials: dict[str, tuple[int, int]] = {"accuracy": (int(np.trace(counts)), int(counts.sum()))}
-        if self.positive is not None:
-            p, q = self.positive, 1 - self.positive
-            trials["sensitivity"] = (int(counts[p, p]), int(counts[p].sum()))
-            trials["specificity"] = (int(counts[q, q]), int(counts[q].sum()))
-        for metric, (successes, n) in trials.items():
-            _wilson_if_degenerate(entry, metric, successes, n, self.settings.level)
+    # the checked intervals -----------------------------------------------------------------------
+
+    def estimate(self, metric: str, within: np.ndarray) -> Estimate:
+        """A figure of the images ``within`` and its linearisation (see ``intervals``)."""
+        groups = self.groups
+        if metric in ("auroc", "sensitivity", "specificity", "prevalence"):
+            return groups.estimate(metric, within)
+        if metric == "accuracy":
+            return proportion_estimate(self.labels == self.predicted, within, self.patients)
+        if metric == "balanced_accuracy":
+            present = [c for c in range(len(self.classes)) if np.any(within & (self.labels == c))]
+            return average([groups.recall(c, within) for c in present]) if len(present) > 1 else \
+                average([])
+        if metric == "brier":
+            onehot = np.eye(len(self.classes))[self.labels]
+            squared = ((self.probabilities - onehot) ** 2).sum(1)
+            per_image = squared / 2 if len(self.classes) == 2 else squared
+            return mean_estimate(per_image, within, self.patients)
+        raise ValueError(metric)
+
+    def _smallest_class(self, metric: str, within: np.ndarray) -> tuple[int, str]:
+        """The patients of the class a figure rests on most, and its name."""
+        if metric in ("sensitivity", "specificity") and self.positive is not None:
+            counted = [self.positive if metric == "sensitivity" else 1 - self.positive]
+        elif metric in ("auroc", "balanced_accuracy") or (metric in ("sensitivity", "specificity")):
+            counted = [c for c in range(len(self.classes)) if np.any(within & (self.labels == c))]
+        else:
+            return self.groups.patients_of(within), "images"
+        sizes = [(self.groups.patients_of(within & (self.labels == c)), self.classes[c]) for c in counted]
+        return min(sizes) if sizes else (0, "images")
+
+    def checked_interval(self, entry: dict[str, Any], metric: str, within: np.ndarray) -> None:
+        """``entry``'s interval of ``metric`` (computed on the images ``within``), with its method,
+        marked approximate when it rests on too few patients for its coverage to hold."""
+        if entry.get(metric) is None:
+            entry["ci"][metric] = None
+            return
+        estimate = self.estimate(metric, within)
+        if metric in LOGIT_METRICS or (metric in ("sensitivity", "specificity") and self.positive is None):
+            interval = logit_interval(estimate, self.patients, self.settings.level)
+        elif metric == "brier":
+            interval = mean_interval(estimate, self.patients, self.settings.level)
+            if interval is not None and interval.low < 0:  # a mean of squares cannot be negative
+                interval = replace(interval, low=0.0)
+        else:
+            counted = {"accuracy": within, "prevalence": within}.get(metric)
+            if counted is None:
+                c = self.positive if metric == "sensitivity" else 1 - self.positive
+                counted = within & (self.labels == c)
+            interval = wilson_interval(estimate, counted, self.patients, self.settings.level)
+        if interval is None:
+            entry["ci"][metric] = None
+            return
+        entry["ci"][metric] = interval.as_list()
+        entry["ci_method"][metric] = interval.method
+        patients, name = self._smallest_class(metric, within)
+        if interval.approximate:
+            entry["ci_note"][metric] = f"approximate: {interval.approximate}"
+        elif patients < MIN_INTERVAL_PATIENTS:
+            entry["ci_note"][metric] = f"approximate: {patients} patient of {name}"
 
     # point estimates -------------------------------------------------------------------------
 
@@ -462,7 +562,7 @@ class _SplitScorer:
                     if not np.any(labels == c)}
         return {"specificity": self._na_auroc(labels)} if len(set(labels.tolist())) < 2 else {}
 
-    def overall(self) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    def overall(self, defined: dict[str, int]) -> dict[str, Any]:
         labels, probabilities, predicted, k = self.labels, self.probabilities, self.predicted, len(self.classes)
         ranking = self.ranking
         counts = confusion_matrix(labels, predicted, labels=range(k))
@@ -504,8 +604,37 @@ class _SplitScorer:
             "nll": negative_log_likelihood(labels, probabilities),
             "nll_uncalibrated": negative_log_likelihood(labels, u),
         }
-        per_class: dict[str, Any] = {}
+        if self.positive is not None:
+            result["ece_positive"] = positive_class_calibration_error(labels, probabilities, self.positive)
+            result["ece_positive_uncalibrated"] = positive_class_calibration_error(labels, u, self.positive)
+        result.update(na=na, ci={}, ci_method={}, ci_note={})
+        per_class = self._per_class(counts)
+        result["per_class"] = per_class
+        result["confusion_matrix"] = {"labels": self.classes, "counts": counts.tolist(), "share_ci": [
+            [self._share_interval(i, j) if counts[i].sum() else None for j in range(k)] for i in range(k)]}
+        result["reliability"] = {"before": reliability_bins(labels, u), "after": reliability_bins(labels, probabilities)}
+        for metric in CHECKED_INTERVALS:
+            self.checked_interval(result, metric, self.everything)
+        draws = (bootstrap_values(self.bootstrapped_statistic, self.resamples) if self.resamples is not None
+                 else None)
+        for metric in ("average_precision", "ece", *(("ece_positive",) if self.positive is not None else ())):
+            self._bootstrap(result, draws, metric, defined=defined)
+        for name, entry in per_class.items():
+            for metric in ("f1", "average_precision"):
+                self._bootstrap(entry, draws, metric, key=f"{name}\x00{metric}")
+        return result
+
+    def _share_interval(self, i: int, j: int) -> list[float] | None:
+        """The interval of the share of class ``i``'s images predicted as ``j``."""
+        counted = self.labels == i
+        estimate = proportion_estimate(self.predicted == j, counted, self.patients)
+        interval = wilson_interval(estimate, counted, self.patients, self.settings.level)
+        return None if interval is None else interval.as_list()
+
+    def _per_class(self, counts: np.ndarray) -> dict[str, Any]:
+        labels, ranking = self.labels, self.ranking
         rates = class_rates(counts)
+        per_class: dict[str, Any] = {}
         for c, name in enumerate(self.classes):
             entry: dict[str, Any] = {m: _value(float(rates[m][c])) for m in ("precision", "recall", "specificity", "f1")}
             entry_na: dict[str, str] = {}
@@ -525,34 +654,22 @@ class _SplitScorer:
                 entry_na["auroc"] = entry_na["average_precision"] = (
                     f"no {name} images" if counts[c].sum() == 0 else f"every image is {name}")
             entry["support"] = int(counts[c].sum())
-            entry["na"] = entry_na
+            entry.update(na=entry_na, ci={}, ci_method={}, ci_note={})
+            for metric, success, counted in (("precision", labels == c, self.predicted == c),
+                                             ("recall", self.predicted == c, labels == c),
+                                             ("specificity", self.predicted != c, labels != c)):
+                interval = (wilson_interval(proportion_estimate(success, counted, self.patients), counted,
+                                            self.patients, self.settings.level) if entry[metric] is not None else None)
+                entry["ci"][metric] = None if interval is None else interval.as_list()
+                if interval is not None:
+                    entry["ci_method"][metric] = interval.method
+            interval = (logit_interval(auroc_estimate(labels == c, ranking[:, c], self.patients), self.patients,
+                                       self.settings.level) if entry["auroc"] is not None else None)
+            entry["ci"]["auroc"] = None if interval is None else interval.as_list()
+            if interval is not None:
+                entry["ci_method"]["auroc"] = interval.method
             per_class[name] = entry
-        result["na"] = na
-        result["per_class"] = per_class
-        result["confusion_matrix"] = {"labels": self.classes, "counts": counts.tolist()}
-        result["reliability"] = {"before": reliability_bins(labels, u), "after": reliability_bins(labels, probabilities)}
-        draws = None
-        if self.resamples is not None:
-            draws = bootstrap_values(self.overall_statistic, self.resamples)
-            _attach_intervals(result, {m: draws[m] for m in SPLIT_INTERVALS}, self.settings)
-            self._proportion_intervals(result, counts)
-            result["confusion_matrix"]["share_ci"] = [
-                [percentile_interval(draws[f"cell\x00{i}\x00{j}"], level=self.settings.level).as_list()
-                 if counts[i].sum() else None for j in range(k)] for i in range(k)]
-            total = counts.sum()
-            for c, name in enumerate(self.classes):
-                entry = per_class[name]
-                _attach_intervals(entry, {m: draws[f"{name}\x00{m}"] for m in CLASS_METRICS}, self.settings)
-                true_pos, predicted, actual = int(counts[c, c]), int(counts[:, c].sum()), int(counts[c].sum())
-                true_neg = int(total - predicted - actual + true_pos)
-                for metric, successes, n in (("precision", true_pos, predicted), ("recall", true_pos, actual),
-                                             ("specificity", true_neg, int(total - actual))):
-                    _wilson_if_degenerate(entry, metric, successes, n, self.settings.level)
-        else:
-            _no_intervals(result, SPLIT_INTERVALS)
-            for name in self.classes:
-                _no_intervals(per_class[name], CLASS_METRICS)
-        return result, draws
+        return per_class
 
     def score_separation(self, report: dict[str, Any], groups: Mapping[str, list[str]]) -> None:
         """For two classes: how well the score of the positive class tells each group's images
@@ -561,47 +678,31 @@ class _SplitScorer:
         that uses the group as a shortcut scores a group's images differently whatever their label."""
         if self.positive is None:
             return
-        scores = self.ranking[:, self.positive]
         for attribute, column in groups.items():
-            column_array = np.array(column, dtype=object)
-            known = [g for g in report[attribute] if g != "unknown"]
-
-            def statistic(idx: np.ndarray, column_array: np.ndarray = column_array,
-                          known: list[str] = known) -> dict[str, float]:
-                labels, score, member_of = self.labels[idx], scores[idx], column_array[idx]
-                values = {}
-                for group in known:
-                    per_class = [binary_auroc(member_of[labels == c] == group, score[labels == c])
-                                 for c in (0, 1)]
-                    defined = [v for v in per_class if not math.isnan(v)]
-                    values[group] = float(np.mean(defined)) if defined else float("nan")
-                return values
-
-            point = statistic(np.arange(len(self.labels)))
-            draws = bootstrap_values(statistic, self.resamples) if self.resamples is not None else {}
-            for group in known:
+            values = np.array(column, dtype=object)
+            for group in [g for g in report[attribute] if g != "unknown"]:
                 entry = report[attribute][group]
-                entry["score_separation"] = _value(point[group])
-                if group in draws:
-                    interval = percentile_interval(draws[group], level=self.settings.level)
-                    entry["ci"]["score_separation"] = interval.as_list()
-                    if interval.reason and entry["score_separation"] is not None:
-                        entry["na"]["ci.score_separation"] = interval.reason
-                else:
-                    entry["ci"]["score_separation"] = None
+                estimate = self.groups.separation(values == group)
+                entry["score_separation"] = _value(estimate.value)
+                if entry["score_separation"] is None:
+                    entry["na"]["score_separation"] = "a class has no images in this group, or none outside it"
+                interval = logit_interval(estimate, self.patients, self.settings.level)
+                entry["ci"]["score_separation"] = None if interval is None else interval.as_list()
+                if interval is not None:
+                    entry["ci_method"]["score_separation"] = interval.method
 
-    def subgroups(self, overall: Mapping[str, Any], overall_draws: Mapping[str, np.ndarray] | None,
-                  groups: Mapping[str, list[str]]) -> dict[str, Any]:
+    def subgroups(self, overall: Mapping[str, Any], groups: Mapping[str, list[str]]) -> dict[str, Any]:
         report: dict[str, Any] = {}
         patients = self.inputs.patients
+        metrics = (*SUBGROUP_METRICS, *(("prevalence",) if self.positive is not None else ()))
         for attribute, column in groups.items():
-            column_array = np.array(column, dtype=object)
+            values = np.array(column, dtype=object)
             report[attribute] = {}
             for group in sorted(set(column), key=_group_order):
-                members = column_array == group
-                idx = np.flatnonzero(members)
+                member = values == group
+                rest = ~member & (values != "unknown") if group != "unknown" else ~member
+                idx = np.flatnonzero(member)
                 labels = self.labels[idx]
-                point = self.group_statistic(idx)
                 na: dict[str, str] = {}
                 if len(set(labels.tolist())) < len(self.classes):
                     na["auroc"] = self._na_auroc(labels)
@@ -611,32 +712,56 @@ class _SplitScorer:
                     "counts": {name: int(np.sum(labels == c)) for c, name in enumerate(self.classes)},
                     "n_patients": _patient_count([patients[i] for i in idx] if len(patients) else (), len(idx)),
                     "prevalence": (float(np.mean(labels == self.positive)) if self.positive is not None else None),
-                    **{m: _value(point[m]) for m in SUBGROUP_METRICS},
+                    "ece": expected_calibration_error(labels, self.probabilities[idx]),
+                    "na": na, "ci": {}, "ci_method": {}, "ci_note": {}, "gap": {}, "gap_ci": {}, "gap_rest": {},
+                    "gap_rest_ci": {},
                 }
-                entry["gap"] = {m: (None if entry[m] is None or overall.get(m) is None else entry[m] - overall[m])
-                                for m in SUBGROUP_METRICS}
-                if self.positive is not None:
-                    entry["gap"]["prevalence"] = entry["prevalence"] - overall["prevalence"]
-                entry["na"] = na
-                if self.resamples is not None and overall_draws is not None:
-                    draws = bootstrap_values(self.group_statistic, self.resamples, within=members)
-                    why = "the group is missing from some resamples or holds one class only"
-                    entry["ci"], entry["gap_ci"] = {}, {}
-                    for m in (*SUBGROUP_METRICS, *(("prevalence",) if self.positive is not None else ())):
-                        values = draws.get(m, np.full(len(self.resamples.indices), np.nan))
-                        interval = percentile_interval(values, level=self.settings.level, why=why)
-                        entry["ci"][m] = interval.as_list() if entry.get(m) is not None else None
-                        if interval.reason and entry.get(m) is not None:
-                            na[f"ci.{m}"] = interval.reason
-                        gap = interval_of_gap(values, overall_draws[m], level=self.settings.level, why=why)
-                        entry["gap_ci"][m] = gap.as_list()
-                    self._proportion_intervals(entry, confusion_counts(labels, self.predicted[idx],
-                                                                      len(self.classes)))
+                for metric in ("auroc", "sensitivity", "specificity"):
+                    if metric in na:
+                        entry[metric] = None
+                    else:
+                        entry[metric] = _value(self.groups.estimate(metric, member).value)
+                for metric in metrics:
+                    if metric == "ece":
+                        continue
+                    self.checked_interval(entry, metric, member)
+                    self._gaps(entry, metric, member, rest, overall)
+                entry["gap"]["ece"] = entry["ece"] - overall["ece"]
+                entry["gap_ci"]["ece"] = entry["gap_rest"]["ece"] = entry["gap_rest_ci"]["ece"] = None
+                if self.resamples is not None:
+                    draws = bootstrap_values(
+                        lambda i: {"ece": expected_calibration_error(self.labels[i], self.probabilities[i])},
+                        self.resamples, within=member)
+                    self._bootstrap(entry, draws or {"ece": np.full(len(self.resamples.indices), np.nan)}, "ece")
                 else:
-                    entry["ci"] = {m: None for m in SUBGROUP_METRICS}
-                    entry["gap_ci"] = {m: None for m in SUBGROUP_METRICS}
+                    entry["ci"]["ece"] = None
                 report[attribute][group] = entry
         return report
+
+    def _gaps(self, entry: dict[str, Any], metric: str, member: np.ndarray, rest: np.ndarray,
+              overall: Mapping[str, Any]) -> None:
+        """The group's ``metric`` minus the whole split's (``gap``) and minus the rest of the
+        split's (``gap_rest``), each with its interval (patient-clustered, paired where images
+        are on both sides)."""
+        value = entry.get(metric)
+        for key, other in (("gap", self.everything), ("gap_rest", rest)):
+            if value is None or not other.any():
+                entry[key][metric] = entry[f"{key}_ci"][metric] = None
+                continue
+            if metric == "prevalence":
+                test = compare_proportions(self.labels == self.positive, member, other, self.patients,
+                                           level=self.settings.level)
+            else:
+                test = compare(self.estimate(metric, member), self.estimate(metric, other), self.patients,
+                               level=self.settings.level)
+            if key == "gap":
+                reference = overall.get(metric)
+                entry["gap"][metric] = None if reference is None else value - reference
+            else:
+                entry["gap_rest"][metric] = None if test is None else test.difference
+            # every figure here lies in [0, 1], so a difference lies in [-1, 1] (a t quantile of one
+            # degree of freedom can reach beyond it)
+            entry[f"{key}_ci"][metric] = None if test is None else [max(test.low, -1.0), min(test.high, 1.0)]
 
 
 def _group_order(group: str) -> tuple:
@@ -659,54 +784,29 @@ def _patient_count(patients: Sequence[str | None], n: int) -> int | None:
     return len({p for p in patients if p is not None}) + sum(p is None for p in patients)
 
 
-def _attach_intervals(entry: dict[str, Any], draws: Mapping[str, np.ndarray], settings: EvaluationSettings) -> None:
-    """``ci.<metric>`` for each metric with a value (an undefined metric has no interval, even
-    where some resamples happen to define it)."""
-    entry["ci"] = {}
-    for metric, values in draws.items():
-        if entry.get(metric) is None:
-            entry["ci"][metric] = None
-            continue
-        interval = percentile_interval(values, level=settings.level)
-        entry["ci"][metric] = interval.as_list()
-        if interval.reason:
-            entry["na"][f"ci.{metric}"] = interval.reason
-
-
-def _wilson_if_degenerate(entry: dict[str, Any], metric: str, successes: int, n: int, level: float) -> None:
-    interval, value = entry.get("ci", {}).get(metric), entry.get(metric)
-    if interval is None or value is None or n == 0 or interval[0] != interval[1] or value not in (0.0, 1.0):
-        return
-    wilson = binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
-    entry["ci"][metric] = [float(wilson.low), float(wilson.high)]
-    entry.setdefault("ci_method", {})[metric] = "Wilson score interval: the bootstrap collapses to a point at 0 or 1"
-
-
-def _no_intervals(entry: dict[str, Any], metrics: Sequence[str]) -> None:
-    entry["ci"] = {m: None for m in metrics}
-
-
 # --- the whole evaluation ----------------------------------------------------------------
 
 
-def _interval_text(interval: Sequence[float] | None) -> str:
-    return "" if interval is None else f" ({interval[0]:.3f}\u2013{interval[1]:.3f})"
-
-
-def overfitting_check(train_auroc: float | None, val_auroc: float | None, limit: float) -> dict[str, Any]:
-    """The train-validation AUROC gap of the kept model, flagged above ``limit``, with a sentence."""
+def overfitting_check(train_auroc: float | None, val_auroc: float | None, limit: float,
+                      best_epoch: int | None = None) -> dict[str, Any]:
+    """The train-validation AUROC gap of the kept model, flagged above ``limit``, with a sentence
+    that says the validation AUROC is that of the epoch validation itself chose (``best_epoch``)."""
     if train_auroc is None or val_auroc is None:
         return {"train_val_auroc_gap": None, "limit": limit, "flag": None,
                 "sentence": "The train-validation gap could not be computed (an AUROC is undefined)."}
     gap = train_auroc - val_auroc
+    kept = (f"the kept epoch {best_epoch}, which validation chose, so its validation AUROC is optimistic"
+            if best_epoch else "the kept network")
     if gap > limit:
         sentence = (f"Possible overfitting: AUROC is {train_auroc:.3f} on the training images but {val_auroc:.3f} on "
-                    f"validation patients, a gap of {gap:.3f} (more than {limit:.2f}). The model fits the images it "
-                    "learned from better than new patients; expect new data to score like validation, not training, "
-                    "and consider more data, stronger augmentation or fewer trainable stages.")
+                    f"validation patients ({kept}), a gap of {gap:.3f} (more than {limit:.2f}). The model fits the "
+                    "images it learned from better than new patients; expect new data to score like validation or "
+                    "worse, not like training, and consider more data, stronger augmentation or fewer trainable "
+                    "stages.")
     else:
-        sentence = (f"No sign of overfitting: AUROC {train_auroc:.3f} on training images and {val_auroc:.3f} on "
-                    f"validation patients (gap {gap:.3f}, limit {limit:.2f}).")
+        sentence = (f"No sign of overfitting on the training data: AUROC {train_auroc:.3f} on training images and "
+                    f"{val_auroc:.3f} on validation patients ({kept}; gap {gap:.3f}, limit {limit:.2f}). This says "
+                    "nothing about other sites or scanners.")
     return {"train_val_auroc_gap": gap, "limit": limit, "flag": bool(gap > limit), "sentence": sentence}
 
 
@@ -727,101 +827,17 @@ def size_warnings(split: str, entry: Mapping[str, Any], classes: Sequence[str]) 
     return warnings
 
 
-def _enough(entry: Mapping[str, Any], metric: str, positive: str | None) -> bool:
-    """Whether a group holds ``MIN_FLAG_COUNT`` images of each class ``metric`` is computed on."""
-    counts = entry["counts"]
-    if metric == "auroc" or positive is None:
-        return min(counts.values()) >= MIN_FLAG_COUNT
-    others = sum(v for k, v in counts.items() if k != positive)
-    return (counts[positive] if metric == "sensitivity" else others) >= MIN_FLAG_COUNT
-
-
-def bias_flags(split: str, subgroups: Mapping[str, Any], overall: Mapping[str, Any],
-               positive: str | None) -> tuple[list[dict], int]:
-    """A flag for each subgroup metric that is worse than the whole split's by at least
-    ``MIN_FLAG_GAP`` with a paired gap interval excluding zero, and the number of gaps tested.
-    Groups with fewer than
-    ``MIN_FLAG_COUNT`` images of a class the metric counts are reported, not tested: their
-    intervals rest on too few images."""
-    flags, tested = [], 0
-    for attribute, groups in subgroups.items():
-        for group, entry in groups.items():
-            for metric in FLAGGED_METRICS:
-                interval = entry["gap_ci"].get(metric)
-                if interval is None or entry[metric] is None or not _enough(entry, metric, positive):
-                    continue
-                tested += 1
-                if interval[1] >= 0 or entry["gap"][metric] > -MIN_FLAG_GAP:  # not clearly and materially worse
-                    continue
-                gap = entry["gap"][metric]
-                sentence = (f"{NAMES[metric]} for {attribute} {group} "
-                            f"is {entry[metric]:.3f}{_interval_text(entry['ci'][metric])}, {abs(gap):.3f} "
-                            f"below the overall {overall[metric]:.3f} "
-                            f"(n = {entry['n']}"
-                            + (f", prevalence {entry['prevalence']:.0%}" if entry.get("prevalence") is not None else "")
-                            + f"); the 95 % interval of the gap, {interval[0]:+.3f} to {interval[1]:+.3f}, "
-                            "excludes zero.")
-                flags.append({"split": split, "attribute": attribute, "group": group, "metric": metric,
-                              "value": entry[metric], "overall": overall[metric], "gap": gap, "ci": interval,
-                              "sentence": sentence})
-    return flags, tested
-
-
-def _listing(pairs: Iterable[tuple[str, str]]) -> str:
-    """Group names with a value, for a sentence: "AP 38%, PA 66%"; "F, <18: 100%; F, 18-39: 18%"
-    when a name holds a comma itself (the groups of an intersection), so that it reads as one name."""
-    pairs = list(pairs)
-    if any("," in group for group, _ in pairs):
-        return "; ".join(f"{group}: {value}" for group, value in pairs)
-    return ", ".join(f"{group} {value}" for group, value in pairs)
-
-
-def confounding_flags(split: str, subgroups: Mapping[str, Any], overall: Mapping[str, Any],
-                      positive: str) -> list[dict]:
-    """A flag for each attribute confounded with the label: the share of the ``positive`` class
-    differs between its groups (a group's prevalence gap has an interval excluding zero). A
-    model can then learn the group (a projection, a site) instead of the finding, and the
-    overall AUROC mixes both; the AUROC within each group holds the attribute fixed. When,
-    within the classes, the score also tells a group's images from the others (its
-    ``score_separation`` interval excludes 0.5), the flag says the model may use it as a shortcut."""
-    flags = []
-    for attribute, groups in subgroups.items():
-        known = {g: e for g, e in groups.items() if g != "unknown"}
-        shifted = [g for g, e in known.items()
-                   if e["gap_ci"].get("prevalence") is not None
-                   and not e["gap_ci"]["prevalence"][0] <= 0 <= e["gap_ci"]["prevalence"][1]]
-        if len(known) < 2 or not shifted:
-            continue
-        shares = _listing((g, f"{e['prevalence']:.0%}") for g, e in known.items())
-        within = _listing((g, f"{e['auroc']:.3f}") for g, e in known.items() if e["auroc"] is not None)
-        sentence = (f"The share of {positive} differs by {attribute} ({shares}; the interval of the gap excludes zero): "
-                    f"{attribute} is confounded with the label in this set, so a model can learn the {attribute} "
-                    "instead of the finding, and the overall AUROC mixes both."
-                    + (f" The AUROC within each {attribute} group ({within}) holds it fixed." if within else ""))
-        separated = {g: e for g, e in known.items()
-                     if (e.get("ci") or {}).get("score_separation") is not None
-                     and not e["ci"]["score_separation"][0] <= 0.5 <= e["ci"]["score_separation"][1]}
-        if separated:
-            named = _listing((g, f"{e['score_separation']:.3f}{_interval_text(e['ci']['score_separation'])}")
-                              for g, e in separated.items())
-            sentence += (f" Within each class the model's P({positive}) also tells these {attribute} groups from "
-                         f"the rest (AUROC {named}; 0.5 would be no difference): it may be using the {attribute} as "
-                         "a shortcut. Balance or stratify by it when collecting data.")
-        else:
-            sentence += (f" Within each class the model's P({positive}) does not clearly differ by {attribute} (every "
-                         "interval of that AUROC includes 0.5), so there is no sign it uses it as a shortcut.")
-        flags.append({"split": split, "attribute": attribute, "group": None, "metric": "confounding",
-                      "shortcut": bool(separated), "value": None, "overall": overall.get("auroc"), "gap": None,
-                      "ci": None, "sentence": sentence})
-    return flags
-
-
 def evaluate(classes: Sequence[str], splits: Mapping[str, SplitInputs], settings: EvaluationSettings, *,
-             evaluator: Evaluator | None = None, kind: str = "training run", data_name: str = "") -> Evaluation:
+             evaluator: Evaluator | None = None, kind: str = "training run", data_name: str = "",
+             best_epoch: int | None = None) -> Evaluation:
     """Score ``splits`` ("train", "val", "test"; any may be missing or empty) of a model with
     these ``classes``. ``evaluator`` (calibration and threshold) is fitted on ``splits["val"]``
     unless given (external validation reuses the run's). Returns the metrics.json structure
-    and the scores of "val" and "test" for the report's plots."""
+    and the scores of "val" and "test" for the report's plots. ``best_epoch``: the epoch the
+    validation split chose, named in the overfitting sentence."""
+    if 0 < settings.bootstrap < MIN_BOOTSTRAP:
+        raise ValueError(f"bootstrap must be 0 (no bootstrap intervals) or at least {MIN_BOOTSTRAP} resamples, got "
+                         f"{settings.bootstrap}: fewer give intervals whose ends are mostly noise")
     if evaluator is None:
         if "val" not in splits or not len(splits["val"]):
             raise ValueError("calibration and the threshold are fitted on the validation split, which is empty")
@@ -835,11 +851,14 @@ def evaluate(classes: Sequence[str], splits: Mapping[str, SplitInputs], settings
     calibration = dict(state["calibration"])
     for key in ("temperature", "scale", "bias"):
         calibration.setdefault(key, None)
-    calibration.update(fitted_on="val", n=len(splits["val"]) if "val" in splits else None)
+    calibration.update(fitted_on="val", n=len(splits["val"]) if "val" in splits else None,
+                       note=getattr(evaluator, "calibration_note_", None))
     metrics["calibration"] = calibration
     any_patients = any(p is not None for s in splits.values() for p in s.patients)
     metrics["bootstrap"] = {"resamples": settings.bootstrap, "level": settings.level,
-                            "unit": "patient" if any_patients else "image", "seed": settings.seed}
+                            "unit": "patient" if any_patients else "image", "seed": settings.seed,
+                            "used_for": list(BOOTSTRAPPED), "defined": {}}
+    metrics["intervals"] = {"level": settings.level, "methods": dict(INTERVAL_METHODS)}
     evaluation = Evaluation(metrics, evaluator)
     warnings: list[str] = []
     for offset, name in enumerate(("train", "val", "test")):
@@ -849,10 +868,11 @@ def evaluate(classes: Sequence[str], splits: Mapping[str, SplitInputs], settings
         resamples = (draw_resamples(len(inputs), list(inputs.patients) or None, resamples=settings.bootstrap,
                                     seed=settings.seed * 1000 + offset)
                      if settings.bootstrap > 0 else None)
-        if resamples is not None and resamples.n_groups < 2:
-            resamples = None  # one patient (or image): every resample is the split itself
-            warnings.append(f"The {SPLIT_WORDS.get(name, name)} set holds a single {'patient' if any(inputs.patients) else 'image'}: "
-                            "no interval can be computed.")
+        single = len(set(patient_codes(inputs.patients, len(inputs)).tolist())) < 2
+        if single:
+            resamples = None
+            warnings.append(f"The {SPLIT_WORDS.get(name, name)} set holds a single "
+                            f"{'patient' if any(inputs.patients) else 'image'}: no interval can be computed.")
         scorer = _SplitScorer(inputs, evaluator, classes, settings, resamples)
         if name == "train":
             train_auroc = _value(scorer._auroc(np.arange(len(inputs))))
@@ -862,25 +882,38 @@ def evaluate(classes: Sequence[str], splits: Mapping[str, SplitInputs], settings
             if train_auroc is None:
                 metrics["train"]["na"]["auroc"] = scorer._na_auroc(scorer.labels)
             continue
-        entry, draws = scorer.overall()
+        defined: dict[str, int] = {}
+        entry = scorer.overall(defined)
+        if single:
+            _no_intervals(entry)
+        metrics["bootstrap"]["defined"][name] = defined
         groups, skipped = subgroup_columns(inputs.meta or [{}] * len(inputs), settings)
-        entry["subgroups"] = scorer.subgroups(entry, draws, groups)
+        entry["subgroups"] = scorer.subgroups(entry, groups)
         scorer.score_separation(entry["subgroups"], groups)
         metrics[name] = entry
         evaluation.scores[name] = SplitScores(scorer.labels, scorer.probabilities, scorer.uncalibrated)
         warnings += size_warnings(name, entry, classes)
         if name == "test" or (name == "val" and not len(splits.get("test", ()))):
-            flags, tested = bias_flags(name, entry["subgroups"], entry, metrics["positive_class"])
-            if metrics["positive_class"] is not None:
-                flags += confounding_flags(name, entry["subgroups"], entry, metrics["positive_class"])
-            metrics["bias"] = {"split": name, "attributes": list(groups), "skipped": skipped, "comparisons": tested,
-                               "flagged_metrics": list(FLAGGED_METRICS), "flags": flags}
+            hypotheses = holm(family(scorer.groups, groups, settings.level), 1 - settings.level)
+            metrics["bias"] = bias_summary(name, hypotheses, entry, groups, skipped, metrics["positive_class"],
+                                           settings.level)
     if "val" in metrics and "train" in metrics:
         metrics["overfitting"] = overfitting_check(metrics["train"]["auroc"], metrics["val"]["auroc"],
-                                                   settings.overfit_gap)
+                                                   settings.overfit_gap, best_epoch)
+    transfer = (transfer_warnings(metrics["test"], metrics["val"], positive=metrics["positive_class"],
+                                  where="on the test set") if "test" in metrics and "val" in metrics else None)
     if evaluator.threshold_note_:
         warnings.append(f"Threshold: {evaluator.threshold_note_}.")
     if getattr(evaluator, "calibration_note_", None):
         warnings.append(f"Calibration: {evaluator.calibration_note_}.")
-    metrics["warnings"] = warnings
+    metrics["transfer"] = {"compared_with": "validation" if transfer is not None else None,
+                           "warnings": transfer or []}
+    metrics["warnings"] = (transfer or []) + warnings
     return evaluation
+
+
+def _no_intervals(entry: dict[str, Any]) -> None:
+    """A split of one patient: every interval withdrawn (there is no spread to measure)."""
+    entry["ci"] = {metric: None for metric in entry["ci"]}
+    for block in entry["per_class"].values():
+        block["ci"] = {metric: None for metric in block["ci"]}

@@ -30,6 +30,7 @@ from medxfer.pipeline.evaluation import Evaluation, EvaluationSettings, Evaluato
 from medxfer.pipeline.outputs import CALIBRATION_FILE, METRICS_FILE, data_name, headline, write_evaluation
 from medxfer.pipeline.saving import load_model
 from medxfer.pipeline.training import resolve_device
+from medxfer.pipeline.transfer import transfer_warnings
 
 CONFIG_FILE, HISTORY_FILE = "config.yaml", "history.csv"
 PREDICTIONS_FILE, UNREADABLE_FILE = "predictions.csv", "unreadable.csv"
@@ -189,6 +190,11 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
             metrics[key] = run_metrics[key]
     metrics["trained_on"] = run_metrics.get("data_name")
     metrics["unreadable_files"] = len(unreadable)
+    transfer = transfer_warnings(metrics["test"], run_metrics.get("val"), positive=metrics["positive_class"],
+                                 where="at this site")
+    metrics["transfer"] = {"compared_with": "validation split of the training run" if run_metrics.get("val") else None,
+                           "warnings": transfer}
+    metrics["warnings"] = transfer + [w for w in metrics["warnings"] if w not in transfer]
     kept_scans = replace(scans, records=kept)
     out.mkdir(parents=True, exist_ok=True)
     write_environment(out / ENVIRONMENT_FILE, environment_info(

@@ -61,8 +61,10 @@ def headline(metrics: Mapping[str, Any]) -> list[str]:
     entry = metrics.get(split)
     if entry is None:
         return []
-    lines = [(f"{split} (n={entry['n']}): AUROC {_with_interval(entry, 'auroc')}, "
-              f"accuracy {_with_interval(entry, 'accuracy')}")]
+    transfer = list((metrics.get("transfer") or {}).get("warnings") or [])
+    lines = ["WARNING " + warning for warning in transfer]  # before any figure: the model may not apply here
+    lines.append(f"{split} (n={entry['n']}): AUROC {_with_interval(entry, 'auroc')}, "
+                 f"accuracy {_with_interval(entry, 'accuracy')}")
     threshold = metrics["threshold"]
     if threshold["value"] is not None:
         lines.append(f"  at the threshold {threshold['value']:.3f} on P({metrics['positive_class']}) chosen on "
@@ -71,11 +73,17 @@ def headline(metrics: Mapping[str, Any]) -> list[str]:
     calibration = metrics["calibration"]
     lines.append(f"  calibration ({calibration['method']}"
                  + (f", T = {calibration['temperature']:.2f}" if calibration.get("temperature") else "")
-                 + f"): ECE {_number(entry['ece_uncalibrated'])} before, {_number(entry['ece'])} after")
+                 + f"): top-label ECE {_number(entry['ece_uncalibrated'])} before, {_number(entry['ece'])} after"
+                 + (f"; positive-class ECE {_number(entry.get('ece_positive'))} after"
+                    if entry.get("ece_positive") is not None else ""))
     overfitting = metrics.get("overfitting")
     if overfitting and overfitting["flag"]:
         lines.append("  FLAG " + overfitting["sentence"])
-    for flag in metrics.get("bias", {}).get("flags", []):
+    bias = metrics.get("bias") or {}
+    for flag in bias.get("flags", []):
         lines.append("  FLAG " + flag["sentence"])
-    lines.extend("  NOTE " + warning for warning in metrics.get("warnings", []))
+    if bias.get("comparisons"):
+        lines.append(f"  subgroups: {bias['comparisons']} comparisons, {len(bias.get('flags', []))} flagged "
+                     f"(Holm: at most a {bias.get('family_wise_error', 0.05):.0%} chance of any false flag)")
+    lines.extend("  NOTE " + warning for warning in metrics.get("warnings", []) if warning not in transfer)
     return lines

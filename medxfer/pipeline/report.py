@@ -31,7 +31,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from medxfer.files import atomic_write_text
 from medxfer.pipeline import figures
-from medxfer.pipeline.evaluation import MIN_FLAG_COUNT, MIN_FLAG_GAP, SplitScores
+from medxfer.pipeline.comparisons import MIN_CLASS_PATIENTS, MIN_FLAG_GAP, MIN_GROUP_PATIENTS
+from medxfer.pipeline.evaluation import SplitScores
 
 REPORT_FILE, MODEL_CARD_FILE = "report.html", "model_card.md"
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
@@ -52,7 +53,8 @@ PER_CLASS_METRICS = {
     "average_precision": "Average precision",
 }
 CALIBRATION_METRICS = {
-    "ece": "ECE (15 equal-width bins)",
+    "ece": "Top-label ECE (15 equal-width bins)",
+    "ece_positive": "Positive-class ECE (P(positive) in 15 bins)",
     "adaptive_ece": "Adaptive ECE (15 equal-mass bins)",
     "mce": "MCE (largest bin gap)",
     "brier": "Brier score",
@@ -135,14 +137,16 @@ def metric_cell(block: Mapping[str, Any], key: str, *, ci_key: str | None = None
     ci_key = ci_key or key
     interval = fmt_interval((block.get("ci") or {}).get(ci_key))
     if interval is not None:
-        return Cell(f"{fmt(value)} ({interval})", flag=flag)
+        note = (block.get("ci_note") or {}).get(ci_key, "")
+        return Cell(f"{fmt(value)} ({interval}{', approx.' if note else ''})", note=note, flag=flag)
     reason = na.get(f"ci.{ci_key}")
     return Cell(fmt(value), note=f"no interval: {reason}" if reason else "", flag=flag)
 
 
 def cell_text(cell: Cell) -> str:
-    """A cell as one line of plain text, for sentences and Markdown."""
-    return f"{cell.text} ({cell.note})" if cell.note else cell.text
+    """A cell as one line of plain text, for sentences and Markdown ("approx." in the text stands
+    for its note)."""
+    return f"{cell.text} ({cell.note})" if cell.note and not cell.note.startswith("approximate") else cell.text
 
 
 # --- the summary -------------------------------------------------------------------------------
@@ -232,20 +236,27 @@ def _calibration_sentence(metrics: Mapping[str, Any]) -> str:
     test, where = metrics[held_out(metrics)], _split_label(metrics, held_out(metrics))
     before = cell_text(metric_cell(test, "ece_uncalibrated"))
     after = cell_text(metric_cell(test, "ece"))
-    gloss = "ECE is the average gap between stated confidence and observed accuracy; 0 is perfect."
+    gloss = ("Top-label ECE is the average gap between the confidence in the predicted class and how often it "
+             "is right; 0 is perfect.")
+    positive = metrics.get("positive_class")
+    if positive is not None and not _missing(test.get("ece_positive")):
+        gloss += (f" The positive-class ECE ({cell_text(metric_cell(test, 'ece_positive'))} after, "
+                  f"{cell_text(metric_cell(test, 'ece_positive_uncalibrated'))} before) is the same gap for P({positive}) "
+                  "itself, as torchmetrics and netcal report it; it is usually the larger of the two.")
     if (metrics.get("calibration") or {}).get("method", "none") == "none":
-        return f"Calibration on the {where}: ECE {after}; no calibration was applied. {gloss}"
+        return f"Calibration on the {where}: top-label ECE {after}; no calibration was applied. {gloss}"
     fitted = (metrics.get("calibration") or {}).get("n")
     return (
-        f"Calibration on the {where}: ECE {before} before, {after} after {calibration_method(metrics)}, fitted on "
-        f"the validation set only (n = {fmt(fitted)}). {gloss}"
+        f"Calibration on the {where}: top-label ECE {before} before, {after} after {calibration_method(metrics)}, "
+        f"fitted on the validation set only (n = {fmt(fitted)}). {gloss}"
     )
 
 
 def _flag_sentences(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Every flag as (kind, sentence) in reading order: overfitting, bias flags (test first, whole
-    attributes before single groups), warnings."""
-    sentences = []
+    """Every flag as (kind, sentence) in reading order: a model that does not transfer first,
+    then overfitting, bias flags (test first, whole attributes before single groups), warnings."""
+    transfer = list((metrics.get("transfer") or {}).get("warnings") or [])
+    sentences = []  # the transfer warnings head the summary on their own (summary()["transfer"])
     overfitting = metrics.get("overfitting") or {}
     if overfitting.get("flag"):
         sentences.append(("Overfitting", overfitting.get("sentence") or "The train-validation AUROC gap is large."))
@@ -254,20 +265,23 @@ def _flag_sentences(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     for flag in bias_flags:
         where = "" if flag.get("split") == "test" else f" ({_split_label(metrics, flag.get('split', 'val'))})"
         sentences.append((_flag_kind(flag), f"{flag['sentence']}{where}"))
-    sentences.extend(("Warning", warning) for warning in metrics.get("warnings") or [])
+    sentences.extend(("Warning", warning) for warning in metrics.get("warnings") or [] if warning not in transfer)
     return sentences
 
 
+FLAG_KINDS = {"gap": "Subgroup gap", "confounder": "Confounder", "shortcut": "Possible shortcut",
+              "score shift": "Score shift"}
+
+
 def _flag_kind(flag: Mapping[str, Any]) -> str:
-    """The label of a bias flag's box: a whole attribute that may stand in for the label, or one group's gap."""
-    if flag.get("group") is not None:
-        return "Subgroup gap"
-    return "Possible shortcut" if flag.get("shortcut") else "Confounder"
+    """The label of a bias flag's box: one group's gap, or a whole attribute that may stand in for
+    the label (a confounder, a possible shortcut) or that the scores follow (a score shift)."""
+    return FLAG_KINDS.get(flag.get("kind"), "Subgroup gap" if flag.get("group") is not None else "Confounder")
 
 
 def _no_flag_line(metrics: Mapping[str, Any]) -> str:
     comparisons = (metrics.get("bias") or {}).get("comparisons")
-    tested = "" if _missing(comparisons) else f" in {fmt(comparisons)} subgroup comparisons"
+    tested = "" if _missing(comparisons) else f" in {fmt(comparisons)} subgroup comparisons (Holm, at most 5 % chance of a false flag)"
     return f"No flags: no overfitting flag, no subgroup flagged{tested}, no confounder, no warnings."
 
 
@@ -279,17 +293,17 @@ def bias_not_checked(metrics: Mapping[str, Any]) -> str | None:
         return "there is no held-out split to check"
     if bias.get("flags") or bias.get("comparisons"):
         return None
-    if not (metrics.get("bootstrap") or {}).get("resamples"):
-        return "bootstrap is 0, so no gap has an interval to test"
     if not bias.get("attributes"):
         return "no subgroup attribute (sex, age, site, manufacturer, view or a named manifest column) is recorded"
-    return f"no group holds {MIN_FLAG_COUNT} or more images of each class a metric counts"
+    return (f"no group and the rest of the split both hold {MIN_GROUP_PATIENTS} or more patients, and "
+            f"{MIN_CLASS_PATIENTS} or more patients of each class a metric counts")
 
 
 def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The plain-language summary: three key sentences, the flag sentences, and the line shown
     when there is no flag."""
     return {
+        "transfer": list((metrics.get("transfer") or {}).get("warnings") or []),
         "points": [_headline(metrics), _operating_point(metrics), _calibration_sentence(metrics)],
         "flags": _flag_sentences(metrics),
         "no_flags": _no_flag_line(metrics),
@@ -328,6 +342,8 @@ def _calibration_table(metrics: Mapping[str, Any]) -> dict[str, Any]:
     headers = [_split_label(metrics, s) for s in splits]
     rows = []
     for key, label in CALIBRATION_METRICS.items():
+        if key == "ece_positive" and metrics.get("positive_class") is None:
+            continue  # one class's probability: two-class models only
         cells = []
         for split in splits:
             cells.append(metric_cell(metrics[split], f"{key}_uncalibrated"))
@@ -373,12 +389,19 @@ def _calibration_intervals(metrics: Mapping[str, Any]) -> str:
     ci = metrics[held_out(metrics)].get("ci") or {}
     if any(ci.get(f"{key}_uncalibrated") is not None for key in CALIBRATION_METRICS):
         return ""
-    after = [label.split(" (")[0] for key, label in CALIBRATION_METRICS.items() if ci.get(key) is not None]
+    after = [_in_sentence(label.split(" (")[0]) for key, label in CALIBRATION_METRICS.items() if ci.get(key) is not None]
     if not after or len(after) == len(CALIBRATION_METRICS):
         return ""
     named = " and ".join(after) if len(after) < 3 else ", ".join(after[:-1]) + " and " + after[-1]
-    return (f"Only the calibrated {named} carry a 95 % bootstrap interval; the other cells, including every \"before\" "
-            "value, are point estimates.")
+    return (f"Only the calibrated {named} carry a 95 % interval (the ECEs' marked approximate); the other cells, "
+            "including every \"before\" value, are point estimates.")
+
+
+def _in_sentence(label: str) -> str:
+    """A table label inside a sentence: "Top-label ECE" -> "top-label ECE"; names and acronyms
+    ("Brier score", "NLL") unchanged."""
+    first = label.split()[0]
+    return label if first.isupper() or first == "Brier" else label[0].lower() + label[1:]
 
 
 def _overfitting(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -403,11 +426,16 @@ def _epoch_text(best: Any, run: Any) -> str:
 
 
 def _gap_line(group: Mapping[str, Any], metric: str) -> str:
-    gap = (group.get("gap") or {}).get(metric)
-    if _missing(gap):
-        return ""
-    interval = fmt_interval((group.get("gap_ci") or {}).get(metric))
-    return f"gap {fmt_signed(gap)}" + (f" ({_unbroken(interval)})" if interval else "")
+    """"vs all +0.012 (−0.05 to 0.07); vs rest +0.020 (...)": the group against the whole split
+    and against the rest of it."""
+    parts = []
+    for key, label in (("gap", "vs all"), ("gap_rest", "vs rest")):
+        gap = (group.get(key) or {}).get(metric)
+        if _missing(gap):
+            continue
+        interval = fmt_interval((group.get(f"{key}_ci") or {}).get(metric))
+        parts.append(f"{label} {fmt_signed(gap)}" + (f" ({_unbroken(interval)})" if interval else ""))
+    return "; ".join(parts)
 
 
 def _subgroup_cell(group: Mapping[str, Any], metric: str, flagged: set[str]) -> Cell:
@@ -476,8 +504,6 @@ def _subgroup_tables(metrics: Mapping[str, Any], split: str) -> list[dict[str, A
 def _bias(metrics: Mapping[str, Any]) -> dict[str, Any]:
     bias = metrics.get("bias") or {}
     comparisons = bias.get("comparisons")
-    # a group is flagged only below the whole split: one side of a 95 % interval, 1 in 40 by chance
-    expected = "" if _missing(comparisons) else fmt(comparisons / 40, 1)
     flags = bias.get("flags") or []
     return {
         "prevalence": metrics.get("positive_class") is not None,  # null by definition for more than two classes
@@ -486,12 +512,42 @@ def _bias(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "tables": {split: _subgroup_tables(metrics, split) for split in _splits(metrics)},
         "skipped": [f"{name}: {reason}" for name, reason in (bias.get("skipped") or {}).items()],
         "comparisons": fmt(comparisons),
-        "expected": expected,
+        "guarantee": bias.get("guarantee") or "",
+        "closest": _closest_tests(bias.get("tests") or []),
         "group_flags": sum(f.get("group") is not None for f in flags),
         "confounders": sum(f.get("group") is None for f in flags),
         "min_gap": fmt(MIN_FLAG_GAP, 2),
-        "min_count": MIN_FLAG_COUNT,
+        "min_patients": MIN_GROUP_PATIENTS,
+        "min_class_patients": MIN_CLASS_PATIENTS,
     }
+
+
+CLOSEST = 5  # the comparisons nearest a flag, shown with their p-values
+
+
+def _closest_tests(tests: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The comparisons with the smallest p-values, before and after Holm's adjustment, so that a
+    reader sees what came near a flag (and what a single, uncorrected test would have called
+    significant)."""
+    rows = []
+    for test in sorted(tests, key=lambda t: t["p_value"])[:CLOSEST]:
+        what = {"performance": NAMES_OF_TESTS.get(test["metric"], test["metric"]) + " below the rest",
+                "prevalence": "prevalence differs from the rest", "separation": "score shift within class"}
+        difference = test["difference"]
+        shown = _points(difference) if test["kind"] == "prevalence" else fmt_signed(difference)
+        if test["kind"] == "separation":
+            shown = f"AUROC {fmt(difference + 0.5)}"
+        rows.append({"group": f"{test['attribute']} {test['group']}", "what": what.get(test["kind"], test["kind"]),
+                     "difference": shown, "p": _p_text(test["p_value"]), "adjusted": _p_text(test["adjusted_p"]),
+                     "flagged": "yes" if test["flagged"] else "no"})
+    return rows
+
+
+NAMES_OF_TESTS = {"auroc": "AUROC", "sensitivity": "sensitivity", "specificity": "specificity"}
+
+
+def _p_text(value: Any) -> str:
+    return "n/a" if _missing(value) else ("< 0.001" if value < 0.001 else f"{value:.3f}")
 
 
 # --- reproducibility ---------------------------------------------------------------------------
@@ -520,8 +576,10 @@ def _bootstrap_text(bootstrap: Mapping[str, Any]) -> str:
     unit = {"patient": "patients", "image": "images"}.get(bootstrap.get("unit"), "n/a")
     level = bootstrap.get("level")
     percent = "n/a" if _missing(level) else f"{100 * level:g} %"
-    return (f"{fmt(bootstrap.get('resamples'))} resamples of {unit}, {percent} percentile intervals, "
-            f"seed {fmt(bootstrap.get('seed'))}")
+    if not bootstrap.get("resamples"):
+        return f"none ({percent} intervals of AUROC, rates and Brier score are patient-clustered, no resampling)"
+    return (f"{fmt(bootstrap.get('resamples'))} resamples of {unit} for average precision, ECE and F1 only "
+            f"({percent} percentile intervals, marked approximate), seed {fmt(bootstrap.get('seed'))}")
 
 
 def reproducibility(metrics: Mapping[str, Any], config: Mapping[str, Any], environment: Mapping[str, Any]) -> dict:
@@ -700,7 +758,10 @@ def _card_metrics(metrics: Mapping[str, Any]) -> list[str]:
     splits = [s for s in ("test", "val") if s in metrics]
     rows = [[label, *(md(cell_text(metric_cell(metrics[s], key))) for s in splits)]
             for key, label in OVERALL_METRICS.items()]
-    rows.append(["ECE (calibrated)", *(md(cell_text(metric_cell(metrics[s], "ece"))) for s in splits)])
+    rows.append(["Top-label ECE (calibrated)", *(md(cell_text(metric_cell(metrics[s], "ece"))) for s in splits)])
+    if metrics.get("positive_class") is not None:
+        rows.append(["Positive-class ECE (calibrated)",
+                     *(md(cell_text(metric_cell(metrics[s], "ece_positive"))) for s in splits)])
     rows.append(["Brier score (calibrated)", *(md(cell_text(metric_cell(metrics[s], "brier"))) for s in splits)])
     return _md_table(["metric", *(md(_split_label(metrics, s)) for s in splits)], rows)
 
@@ -711,7 +772,8 @@ def _card_biases(metrics: Mapping[str, Any]) -> list[str]:
              for flag in bias.get("flags") or []]
     if not lines:
         comparisons = fmt(bias.get("comparisons"))
-        lines = [f"- None detected at 95 % with {comparisons} comparisons; absence of a flag is not evidence of fairness."]
+        lines = [(f"- None detected in {comparisons} comparisons (Holm's procedure: at most a 5 % chance of any false "
+                  "flag); absence of a flag is not evidence of fairness: small groups are not tested.")]
     attributes = ", ".join(md(a) for a in bias.get("attributes") or []) or "none"
     lines.append(f"- Attributes checked: {attributes}.")
     lines += [f"- Not checked: {md(name)}: {md(reason)}." for name, reason in (bias.get("skipped") or {}).items()]
@@ -719,7 +781,7 @@ def _card_biases(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def _card_limitations(metrics: Mapping[str, Any]) -> list[str]:
-    lines = [f"- {md(warning)}" for warning in metrics.get("warnings") or []]
+    lines = [f"- {md(warning)}" for warning in metrics.get("warnings") or []]  # transfer warnings first
     sentence = (metrics.get("overfitting") or {}).get("sentence")
     if sentence:
         lines.append(f"- {md(sentence)}")
@@ -769,7 +831,9 @@ def render_model_card(metrics: Mapping[str, Any], *, config: Mapping[str, Any], 
         "",
         "## Metrics",
         "",
-        f"Intervals: bootstrap, {md(_bootstrap_text(boot))}.",
+        ("Intervals: 95 %, patient-clustered (AUROC on the logit scale, rates as Wilson intervals on the effective "
+         f"sample size); bootstrap: {md(_bootstrap_text(boot))}. \"approx.\" marks an interval whose coverage is not "
+         "assured."),
         "",
         *_card_metrics(metrics),
         "",

@@ -745,9 +745,10 @@ class Trainer:
                        adaptation=config.adapt,
                        extra={"best_epoch": state["best_epoch"], "seed": config.seed, "window": config.window,
                               "volume_strategy": config.volume_strategy})
-            self.log(f"evaluating: calibration on the validation split, {config.bootstrap} bootstrap resamples")
+            self.log("evaluating: calibration and threshold on the validation split, patient-clustered intervals"
+                     + (f", {config.bootstrap} bootstrap resamples" if config.bootstrap else ""))
             evaluation = evaluate(data.classes, splits, EvaluationSettings.from_config(config),
-                                  data_name=data_name(config.data))
+                                  data_name=data_name(config.data), best_epoch=state["best_epoch"])
             metrics = evaluation.metrics
             metrics.update(best_epoch=state["best_epoch"], epochs_run=state["epoch"])
             metrics["overfitting"].update(best_epoch=state["best_epoch"], epochs_run=state["epoch"])

@@ -16,7 +16,6 @@ from medxfer.pipeline.bootstrap import (
     Resamples,
     bootstrap_values,
     draw_resamples,
-    interval_of_gap,
     percentile_interval,
 )
 
@@ -277,37 +276,3 @@ def test_the_interval_is_the_central_level_share_of_the_values():
     assert percentile_interval(values, level=0.5).as_list() == pytest.approx([250.0, 750.0])
     with pytest.raises(ValueError, match="level"):
         percentile_interval(values, level=95)
-
-
-def test_the_gap_of_a_subgroup_like_the_rest_contains_zero_and_of_a_shifted_one_excludes_it():
-    rng = np.random.default_rng(9)
-    n = 400
-    groups = np.repeat(np.arange(200), 2).tolist()
-    in_group = np.repeat(rng.permutation(np.arange(200) < 60), 2)  # 60 of 200 patients
-    x = rng.normal(0.0, 1.0, size=n)
-    resamples = draw_resamples(n, groups, resamples=1000, seed=0)
-
-    def gap(y: np.ndarray) -> Interval:
-        def statistic(idx: np.ndarray) -> dict[str, float]:
-            return {"mean": y[idx].mean()}
-
-        group = bootstrap_values(statistic, resamples, within=in_group)["mean"]
-        return interval_of_gap(group, bootstrap_values(statistic, resamples)["mean"])
-
-    alike = gap(x)
-    assert alike.low < 0.0 < alike.high
-    shifted = gap(x + 0.5 * in_group)  # the group's mean 0.5 higher: a gap of about +0.35
-    assert 0.0 < shifted.low < shifted.high
-    identical = interval_of_gap(np.linspace(0, 1, 100), np.linspace(0, 1, 100))
-    assert identical.as_list() == [0.0, 0.0]
-
-
-def test_the_gap_is_undefined_where_either_side_is():
-    group = np.array([0.2, np.nan, 0.4, 0.5])
-    overall = np.array([0.1, 0.3, np.nan, 0.3])
-    interval = interval_of_gap(group, overall, min_defined=0.5, why="the group is missing")
-    assert interval.defined == 2 and interval.as_list() == pytest.approx([0.1 + 0.1 * 0.025, 0.2 - 0.1 * 0.025])
-    refused = interval_of_gap(group, overall, why="the group is missing")
-    assert refused.reason == "undefined in 2 of 4 resamples: the group is missing"
-    with pytest.raises(ValueError, match="same resamples"):
-        interval_of_gap(group, overall[:3])

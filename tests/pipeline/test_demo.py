@@ -23,7 +23,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def demo(tmp_path_factory):
     lines: list[str] = []
     out = tmp_path_factory.mktemp("demo") / "out"
-    result = run_demo(out, DemoSettings(patients=36, image_size=32, epochs=2, bootstrap=20), log=lines.append)
+    result = run_demo(out, DemoSettings(patients=36, image_size=32, epochs=2, bootstrap=200), log=lines.append)
     return result, lines
 
 

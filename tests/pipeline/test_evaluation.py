@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 from scipy.special import expit, logit, softmax
-from scipy.stats import norm
+from scipy.stats import t as student_t
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -251,8 +251,12 @@ def test_sensitivity_threshold_is_the_highest_reaching_the_target_on_validation(
     threshold = evaluation.metrics["threshold"]
     assert threshold["method"] == "sensitivity" and threshold["target_sensitivity"] == 0.9
     assert sensitivity_at(positive, scores, threshold["value"]) >= 0.9
-    higher = np.unique(scores[scores > threshold["value"]])
+    chosen = scores[scores >= threshold["value"]].min()  # the lowest validation score called positive
+    assert sensitivity_at(positive, scores, chosen) >= 0.9
+    higher = np.unique(scores[scores > chosen])
     assert all(sensitivity_at(positive, scores, t) < 0.9 for t in higher)
+    below = scores[scores < threshold["value"]].max()  # the threshold sits mid-gap on the logit scale
+    assert logit(threshold["value"]) == pytest.approx((logit(chosen) + logit(below)) / 2)
 
 
 def test_temperature_scaling_keeps_ranking_and_predictions_and_lowers_ece_of_overconfident_logits():
@@ -285,12 +289,13 @@ def test_single_class_subgroup_reports_none_with_the_reason(annotated):
     assert only_normal["specificity"] is not None and only_normal["gap"]["auroc"] is None
 
 
-def test_subgroup_missing_from_many_resamples_has_a_null_interval_with_the_reason(annotated):
+def test_a_tiny_subgroup_gets_an_interval_marked_approximate_and_no_bootstrap_interval(annotated):
     tiny = annotated["test"]["subgroups"]["site"]["C"]
     assert tiny["n"] == 2 and tiny["auroc"] == 1.0
-    assert tiny["ci"]["auroc"] is None and tiny["ci"]["ece"] is None
-    assert tiny["na"]["ci.auroc"].startswith("undefined in ") and "missing" in tiny["na"]["ci.auroc"]
-    assert "of 200 resamples" in tiny["na"]["ci.ece"]
+    low, high = tiny["ci"]["auroc"]
+    assert low < 0.5 and high == 1.0  # one patient of each class: hardly any information
+    assert tiny["ci_note"]["auroc"].startswith("approximate: at 1 exactly")
+    assert tiny["ci"]["ece"] is None and "of 200 resamples" in tiny["na"]["ci.ece"]
 
 
 def test_attributes_with_one_value_or_none_recorded_are_skipped_with_the_reason(annotated):
@@ -333,8 +338,9 @@ def test_planted_worse_view_is_flagged_and_the_better_one_is_not():
 def test_no_flag_when_no_group_differs():
     splits = {"val": view_split(400, 19, noisy_view=None), "test": view_split(600, 20, noisy_view=None)}
     bias = evaluate(CLASSES, splits, FAST).metrics["bias"]
-    assert bias["comparisons"] == 6
-    assert bias["flags"] == []
+    assert bias["comparisons"] == 8  # AP and PA: three gaps each, one prevalence test, one score-shift test
+    assert bias["flags"] == [] and not any(test["flagged"] for test in bias["tests"])
+    assert "at most 5%" in bias["guarantee"] and bias["control"] == "Holm"
 
 
 def confounded_split(n: int, seed: int, *, view_shift: float) -> SplitInputs:
@@ -375,7 +381,7 @@ def test_no_confounder_when_the_label_does_not_depend_on_the_view():
     assert not [f for f in flags if f["metric"] == "confounding"]
 
 
-def test_wilson_interval_replaces_a_bootstrap_interval_collapsed_at_sensitivity_one():
+def test_a_sensitivity_of_one_gets_a_wilson_interval_below_one():
     val, test = binary_split(300, 21), binary_split(300, 22)
     sites = np.where(np.arange(len(test)) % 2, "A", "B")
     logits = test.logits.copy()
@@ -387,8 +393,10 @@ def test_wilson_interval_replaces_a_bootstrap_interval_collapsed_at_sensitivity_
     positives = int(found.sum())
     assert group["sensitivity"] == 1.0
     low, high = group["ci"]["sensitivity"]
-    # The Wilson lower bound for k = n successes is n / (n + z^2).
-    assert low == pytest.approx(positives / (positives + norm.ppf(0.975) ** 2))
+    # The Wilson lower bound for k = n successes is n / (n + z^2), here with Student's t for z (one
+    # image per patient: n patients, n - 1 degrees of freedom).
+    z = student_t.ppf(0.975, positives - 1)
+    assert low == pytest.approx(positives / (positives + z**2))
     assert low < 1 and high == pytest.approx(1.0)
     assert "Wilson" in group["ci_method"]["sensitivity"]
 
@@ -448,7 +456,7 @@ def clustered_split(patients: int, images_each: int, seed: int, *, with_ids: boo
     return SplitInputs(labels, np.column_stack([-margin, margin]) / 2, ids)
 
 
-def test_patient_bootstrap_gives_wider_intervals_for_clustered_images():
+def test_patient_clustered_intervals_are_wider_for_clustered_images():
     val = binary_split(300, 29)
     by_patient = evaluate(CLASSES, {"val": val, "test": clustered_split(60, 8, 30, with_ids=True)}, FAST).metrics
     by_image = evaluate(CLASSES, {"val": val, "test": clustered_split(60, 8, 30, with_ids=False)}, FAST).metrics
@@ -458,17 +466,21 @@ def test_patient_bootstrap_gives_wider_intervals_for_clustered_images():
     assert interval_width(by_patient) > 1.8 * interval_width(by_image)
 
 
-def test_no_bootstrap_gives_no_intervals_and_no_flags(nih_like):
-    splits, _ = nih_like
+def test_without_a_bootstrap_only_the_bootstrapped_figures_lack_an_interval(nih_like):
+    splits, with_bootstrap = nih_like
     metrics = evaluate(CLASSES, splits, EvaluationSettings(bootstrap=0)).metrics
     test = metrics["test"]
     assert metrics["bootstrap"]["resamples"] == 0
-    assert set(test["ci"].values()) == {None}
-    assert all(set(entry["ci"].values()) == {None} for entry in test["per_class"].values())
-    for groups in test["subgroups"].values():
-        assert all(set(e["ci"].values()) == {None} and set(e["gap_ci"].values()) == {None} for e in groups.values())
-    assert metrics["bias"]["flags"] == [] and metrics["bias"]["comparisons"] == 0
+    assert {k for k, v in test["ci"].items() if v is None} == {"average_precision", "ece", "ece_positive"}
+    assert test["ci"]["auroc"] == with_bootstrap.metrics["test"]["ci"]["auroc"]
+    assert metrics["bias"]["comparisons"] == with_bootstrap.metrics["bias"]["comparisons"] > 0
     json.dumps(metrics, allow_nan=False)
+
+
+@pytest.mark.parametrize("resamples", [1, 5, 199])
+def test_fewer_than_200_resamples_are_refused(resamples):
+    with pytest.raises(ValueError, match="at least 200 resamples"):
+        evaluate(CLASSES, {"val": binary_split(50, 1)}, EvaluationSettings(bootstrap=resamples))
 
 
 # --- positive class and the saved evaluator -----------------------------------------------
@@ -528,11 +540,12 @@ def test_a_one_class_validation_split_gets_no_calibration_and_says_why():
     assert metrics["threshold"]["value"] == 0.5 and "one class only" in metrics["threshold"]["note"]
 
 
-def test_a_perfectly_separated_validation_split_warns_that_the_temperature_is_unreliable():
+def test_a_validation_split_the_network_gets_all_right_is_not_calibrated_and_says_why():
     val = binary_split(200, 43, separation=6.0)
     metrics = evaluate(CLASSES, {"val": val, "test": binary_split(200, 44)}, FAST).metrics
-    assert metrics["val"]["auroc"] == 1.0
-    assert any("separated perfectly" in w for w in metrics["warnings"])
+    assert metrics["val"]["accuracy"] == 1.0
+    assert metrics["calibration"]["method"] == "none"  # not T = 0.05 with probabilities of 0 and 1
+    assert any("classified correctly" in w and "no finite optimum" in w for w in metrics["warnings"])
 
 
 def test_a_single_patient_split_has_no_intervals_and_a_warning():

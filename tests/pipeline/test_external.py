@@ -42,7 +42,7 @@ def test_the_run_split_scored_externally_gives_the_runs_test_figures(run, cohort
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    evaluation = evaluate_run(run, manifest, tmp_path / "out", bootstrap=20, log=quiet)
+    evaluation = evaluate_run(run, manifest, tmp_path / "out", bootstrap=200, log=quiet)
     ours, theirs = evaluation.metrics["test"], json.loads((run / "metrics.json").read_text())["test"]
     assert ours["n"] == theirs["n"] == len(rows)
     for key in ("auroc", "accuracy", "balanced_accuracy", "ece", "ece_uncalibrated", "brier", "nll"):
@@ -53,7 +53,7 @@ def test_the_run_split_scored_externally_gives_the_runs_test_figures(run, cohort
 def test_evaluate_writes_every_output_with_the_runs_calibration(run, other_site, tmp_path):
     out = tmp_path / "external"
     assert main(["evaluate", str(run), "--data", str(other_site.manifest), "--out", str(out),
-                 "--bootstrap", "30"]) == 0
+                 "--bootstrap", "200"]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"metrics.json", "report.html", "model_card.md", "predictions.csv", "environment.json"} <= names
     metrics = json.loads((out / "metrics.json").read_text())
@@ -64,7 +64,7 @@ def test_evaluate_writes_every_output_with_the_runs_calibration(run, other_site,
     assert metrics["threshold"]["value"] == calibration["threshold"]["value"]
     assert metrics["val"] == run_metrics["val"] and metrics["train"] == run_metrics["train"]
     assert metrics["test"]["n"] == other_site.n_images
-    assert metrics["bootstrap"]["resamples"] == 30
+    assert metrics["bootstrap"]["resamples"] == 200
     predictions = read_csv(out / "predictions.csv")
     assert len(predictions) == other_site.n_images
     threshold, positive = metrics["threshold"]["value"], metrics["positive_class"]
@@ -88,7 +88,7 @@ def test_unreadable_files_are_listed_and_the_rest_scored(run, other_site, tmp_pa
     (data / "normal" / "truncated.dcm").write_bytes((other_site.root / rows[0]["path"]).read_bytes()[:400])
     (data / "opacity" / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    assert main(["evaluate", str(run), "--data", str(data), "--out", str(out), "--bootstrap", "20"]) == 0
+    assert main(["evaluate", str(run), "--data", str(data), "--out", str(out), "--bootstrap", "200"]) == 0
     unreadable = read_csv(out / "unreadable.csv")
     assert sorted(Path(row["path"]).name for row in unreadable) == ["notes.txt", "truncated.dcm"]
     assert all(row["reason"] for row in unreadable)
@@ -119,7 +119,7 @@ def test_an_out_folder_holding_other_files_is_refused(run, other_site, tmp_path,
 
 def test_no_patient_identifier_reaches_any_output(run, other_site, tmp_path):
     out = tmp_path / "out"
-    evaluate_run(run, other_site.manifest, out, bootstrap=20, log=quiet)
+    evaluate_run(run, other_site.manifest, out, bootstrap=200, log=quiet)
     identifiers = set()
     for row in read_csv(other_site.manifest):
         header = pydicom.dcmread(other_site.root / row["path"], stop_before_pixels=True)

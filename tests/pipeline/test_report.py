@@ -21,6 +21,7 @@ import pydicom
 import pytest
 
 from medxfer.pipeline.evaluation import SplitScores
+from medxfer.pipeline.flags import guarantee
 from medxfer.pipeline.report import (
     MODEL_CARD_FILE,
     REPORT_FILE,
@@ -114,6 +115,7 @@ def binary_metrics() -> dict:
             "attributes": ["sex", "age_band", "view"],
             "skipped": {"manufacturer": "one value only (MEDXFER PHANTOM)", "site": "not recorded"},
             "comparisons": 36,
+            "guarantee": guarantee(36, 0.05),
             "flags": [{"split": "test", "attribute": "view", "group": "AP", "metric": "auroc", "value": 0.71,
                        "overall": 0.861, "gap": -0.151, "ci": [-0.25, -0.05], "sentence": VIEW_FLAG},
                       {"split": "test", "attribute": "view", "group": None, "metric": "confounding", "value": None,
@@ -277,7 +279,8 @@ def test_the_subgroup_table_shows_prevalence_next_to_auroc_and_highlights_the_fl
     section = binary_html[binary_html.index('id="subgroups"'):binary_html.index('id="reproducibility"')]
     ap_row = re.search(r"<tr class=\"flagged-row\">.*?</tr>", section, re.DOTALL).group(0)
     assert "AP" in ap_row and "40 %" in ap_row and "0.710 (0.610–0.810)" in ap_row
-    assert "36 group gaps" in section and "1 in 40" in section
+    assert "36 comparison(s) were tested together" in section and "at most 5%" in section
+    assert "Flagged: 1 group gap, 1 attribute flag." in Page(section).visible
     view = section.index("<h4>view</h4>")
     assert view < section.index(SHORTCUT[:40]) < section.index("<table", view)  # an attribute-wide flag heads its table
 
@@ -329,7 +332,8 @@ def test_the_model_card_names_metrics_with_intervals_and_known_biases(tmp_path):
 
 def test_the_model_card_without_bias_flags_does_not_claim_fairness(tmp_path):
     text = write_model_card(tmp_path, three_class_metrics(), config=CONFIG, environment=ENVIRONMENT).read_text("utf-8")
-    assert "None detected at 95 % with 36 comparisons; absence of a flag is not evidence of fairness." in text
+    assert ("None detected in 36 comparisons (Holm's procedure: at most a 5 % chance of any false flag); absence of a "
+            "flag is not evidence of fairness: small groups are not tested.") in text
 
 
 def test_no_paths_or_patient_identifiers_reach_the_outputs(binary_html, tmp_path):
@@ -369,11 +373,10 @@ def test_a_run_without_a_test_split_reports_its_validation_split_as_such(tmp_pat
 def test_a_bias_check_that_tested_nothing_does_not_say_ok(tmp_path):
     metrics = binary_metrics()
     metrics["bias"].update(flags=[], comparisons=0)
-    metrics["bootstrap"]["resamples"] = 0
     metrics["overfitting"]["flag"] = False
     metrics["warnings"] = []
     page = Page(_write(tmp_path, metrics))
-    assert "Subgroups not checked" in page.visible and "bootstrap is 0" in page.visible
+    assert "Subgroups not checked" in page.visible and "15 or more patients" in page.visible
     assert "No flags" not in page.visible
 
 
@@ -400,7 +403,7 @@ def test_an_interval_under_a_gap_does_not_break_after_its_en_dash(tmp_path):
     metrics["test"]["subgroups"]["sex"]["F"]["gap"]["ece"] = 0.243
     metrics["test"]["subgroups"]["sex"]["F"]["gap_ci"]["ece"] = [0.108, 0.388]
     html = _write(tmp_path, metrics)
-    assert "gap +0.243 (0.108\u2013\u20600.388)" in html  # a word joiner holds the interval together
+    assert "vs all +0.243 (0.108\u2013\u20600.388)" in html  # a word joiner holds the interval together
 
 
 def test_the_overfitting_section_says_what_each_train_auroc_measures(binary_html):
@@ -423,12 +426,12 @@ def test_the_calibration_section_says_which_cells_have_an_interval(binary_html, 
     def calibration_prose(html: str) -> str:
         return " ".join(Page(html[html.index('id="calibration"'):html.index('id="overfitting"')]).prose)
 
-    assert ("Only the calibrated ECE and Brier score carry a 95 % bootstrap interval; the other cells, including every "
-            '"before" value, are point estimates.') in calibration_prose(binary_html)
+    assert ("Only the calibrated top-label ECE and Brier score carry a 95 % interval (the ECEs' marked approximate); the "
+            'other cells, including every "before" value, are point estimates.') in calibration_prose(binary_html)
     metrics = binary_metrics()
     for split in ("val", "test"):
         metrics[split]["ci"] = {}  # no bootstrap: no cell has an interval, nothing to explain
-    assert "bootstrap interval;" not in calibration_prose(_write(tmp_path, metrics))
+    assert "carry a 95 % interval" not in calibration_prose(_write(tmp_path, metrics))
 
 
 def test_an_external_report_of_an_adabn_run_says_only_validation_was_scored_before_adabn(tmp_path):
@@ -441,3 +444,27 @@ def test_an_external_report_of_an_adabn_run_says_only_validation_was_scored_befo
     assert "Validation and test were scored before" not in page
     assert "The validation figures, carried from the training run, were scored before AdaBN" in page
     assert "this set was scored with the network as saved, after it" in page
+
+
+def test_transfer_warnings_head_the_summary_and_no_ok_box_is_shown(tmp_path):
+    metrics = binary_metrics()
+    metrics.update(kind="external validation", data_name="site-b")
+    warning = "The model does not rank the images at this site better than chance: AUROC 0.420."
+    metrics["transfer"] = {"compared_with": "validation split of the training run", "warnings": [warning]}
+    metrics["warnings"] = [warning]
+    metrics["bias"]["flags"] = []
+    metrics["overfitting"]["flag"] = False
+    page = Page(_write(tmp_path, metrics)).visible
+    assert page.index("Does not transfer") < page.index("External test AUROC for PNEUMONIA")
+    assert page.count(warning) == 1 and "No flags" not in page
+
+
+def test_the_comparisons_nearest_a_flag_are_listed_with_both_p_values(tmp_path):
+    metrics = binary_metrics()
+    metrics["bias"]["tests"] = [
+        {"kind": "prevalence", "attribute": "view", "group": "AP", "metric": "prevalence", "difference": -0.28,
+         "p_value": 0.029, "adjusted_p": 0.72, "flagged": False},
+        {"kind": "performance", "attribute": "sex", "group": "F", "metric": "auroc", "difference": -0.03,
+         "p_value": 0.32, "adjusted_p": 1.0, "flagged": False}]
+    section = Page(_write(tmp_path, metrics)).visible
+    assert "view AP prevalence differs from the rest \u221228 points 0.029 0.720 no" in " ".join(section.split())

@@ -33,11 +33,11 @@ from medxfer.pipeline.training import (
 
 
 def small(cohort, out: Path, **changes) -> TrainConfig:
-    """A configuration that trains in seconds: 32-pixel inputs, two epochs, no workers, 50
+    """A configuration that trains in seconds: 32-pixel inputs, two epochs, no workers, 200
     bootstrap resamples for the report."""
     settings = {
         "data": str(cohort.manifest), "out": str(out), "image_size": 32, "epochs": 2, "batch_size": 8,
-        "cache_views": 2, "workers": 0, "augment": "light", "patience": 0, "bootstrap": 50,
+        "cache_views": 2, "workers": 0, "augment": "light", "patience": 0, "bootstrap": 200,
     }
     settings.update(changes)
     return load_config(None, settings).validate(need_data=True)

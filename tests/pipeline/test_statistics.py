@@ -1,0 +1,185 @@
+"""The report's statistics hold their stated error rates, checked by seeded simulation with known
+truth (fuller runs: benchmarks/statistics.py, figures in the README's "How far to trust the
+numbers"): false flags on null reports, power on planted gaps, interval coverage on small
+clustered sets, threshold placement, calibration bounds and the external-collapse warnings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import logit
+from scipy.stats import norm
+
+from medxfer.pipeline.calibration import expected_calibration_error, positive_class_calibration_error
+from medxfer.pipeline.comparisons import GroupScorer, holm_adjusted
+from medxfer.pipeline.evaluation import EvaluationSettings, Evaluator, SplitInputs, choose_threshold, evaluate
+from medxfer.pipeline.intervals import (
+    auroc_estimate,
+    logit_interval,
+    patient_codes,
+    proportion_estimate,
+    wilson_interval,
+)
+from medxfer.pipeline.scoring import binary_auroc, ranking_scores
+from medxfer.pipeline.simulation import separation_for, simulate_test_set
+
+CLASSES = ("normal", "opacity")
+INTERSECTIONS = ("sex x age_band", "view x site")
+
+
+def fixed_evaluator(threshold: float) -> Evaluator:
+    return Evaluator.from_dict({"classes": list(CLASSES), "positive_class": "opacity",
+                                "calibration": {"method": "none", "n_classes": 2},
+                                "threshold": {"method": "youden", "value": threshold}})
+
+
+def report(s, intersections=()) -> dict:
+    inputs = SplitInputs(s.labels, s.logits, s.patients, s.meta)
+    settings = EvaluationSettings(bootstrap=0, intersections=intersections)
+    return evaluate(CLASSES, {"test": inputs}, settings, evaluator=fixed_evaluator(s.threshold)).metrics
+
+
+def test_null_reports_carry_a_flag_at_most_1_time_in_20():
+    """About 150 images of 100 patients; sex, age band, site, manufacturer, view and two
+    intersections, all independent of labels and scores: at most 5 % of 200 reports may carry any
+    flag."""
+    rng = np.random.default_rng(2026)
+    flagged, comparisons = 0, []
+    for _ in range(200):
+        bias = report(simulate_test_set(rng, patients=100, images_per_patient=(1, 2)), INTERSECTIONS)["bias"]
+        flagged += bool(bias["flags"])
+        comparisons.append(bias["comparisons"])
+    assert np.mean(comparisons) > 60  # the family is large: without control most reports would carry a flag
+    assert flagged / 200 <= 0.05
+
+
+@pytest.mark.parametrize(("planted", "patients"), [
+    ({"auroc": 0.9, "group_auroc": 0.7, "prevalence": 0.5}, 300),  # AUROC 0.70 against 0.90
+    ({"group_prevalence": 0.8, "rest_prevalence": 0.3}, 150),  # prevalence 80 % against 30 %
+], ids=["auroc-gap", "prevalence-gap"])
+def test_a_planted_gap_in_a_site_of_60_patients_is_flagged_in_at_least_80_percent_of_reports(planted, patients):
+    rng = np.random.default_rng(60 + patients)
+    reports = 100
+    hits = 0
+    for _ in range(reports):
+        flags = report(simulate_test_set(rng, patients=patients, group_patients=60, **planted))["bias"]["flags"]
+        hits += any(f["attribute"] == "site" and f["group"] in (None, "site-1") for f in flags)
+    assert hits / reports >= 0.8
+
+
+def coverage(patients: int, auroc: float, reps: int, seed: int) -> dict[str, float]:
+    """Coverage of the AUROC, sensitivity and specificity intervals the report computes."""
+    rng = np.random.default_rng(seed)
+    hits = {"auroc": 0, "sensitivity": 0, "specificity": 0}
+    for _ in range(reps):
+        s = simulate_test_set(rng, patients=patients, auroc=auroc)
+        codes = patient_codes(s.patients, len(s.labels))
+        positive = s.labels == 1
+        called = s.logits[:, 1] >= logit(s.threshold)
+        interval = logit_interval(auroc_estimate(positive, s.logits[:, 1], codes), codes)
+        hits["auroc"] += interval.low <= s.auroc <= interval.high
+        for name, success, counted, truth in (("sensitivity", called, positive, s.sensitivity),
+                                              ("specificity", ~called, ~positive, s.specificity)):
+            interval = wilson_interval(proportion_estimate(success, counted, codes), counted, codes)
+            hits[name] += interval.low <= truth <= interval.high
+    return {name: count / reps for name, count in hits.items()}
+
+
+@pytest.mark.parametrize(("patients", "auroc"), [(24, 0.8), (24, 0.9), (120, 0.8), (120, 0.9)])
+def test_95_percent_intervals_cover_at_least_93_percent_on_small_clustered_sets(patients, auroc):
+    """About 60 images of 24 patients, or 300 of 120, one to four correlated images each."""
+    result = coverage(patients, auroc, reps=800, seed=patients * 10 + int(auroc * 10))
+    assert min(result.values()) >= 0.93, result
+
+
+def test_the_report_shows_the_intervals_whose_coverage_is_checked():
+    s = simulate_test_set(np.random.default_rng(5), patients=40)
+    metrics = report(s)["test"]
+    codes = patient_codes(s.patients, len(s.labels))
+    expected = logit_interval(auroc_estimate(s.labels == 1, s.logits[:, 1], codes), codes)
+    assert metrics["ci"]["auroc"] == pytest.approx([expected.low, expected.high])
+    assert "logit" in metrics["ci_method"]["auroc"] and "Wilson" in metrics["ci_method"]["sensitivity"]
+    groups = GroupScorer(s.labels, (s.logits[:, 1] >= logit(s.threshold)).astype(int),
+                         ranking_scores(s.logits), 1, codes)
+    member = np.array([m["sex"] == "F" for m in s.meta])
+    interval = wilson_interval(groups.sensitivity(member), member & (s.labels == 1), codes)
+    assert metrics["subgroups"]["sex"]["F"]["ci"]["sensitivity"] == pytest.approx([interval.low, interval.high])
+
+
+def test_the_threshold_sits_mid_gap_on_a_separated_validation_split_and_finds_more_new_positives():
+    """20 + 20 validation images that the model separates: at the midpoint of the gap the
+    threshold finds more new positives than at the lowest validation positive (the edge)."""
+    rng = np.random.default_rng(20)
+    separation = separation_for(0.995)
+    edge, middle = [], []
+    while len(middle) < 100:
+        val = simulate_test_set(rng, patients=40, auroc=0.995, prevalence=0.5, images_per_patient=(1, 1))
+        positive, score = val.labels == 1, val.logits[:, 1]
+        if positive.sum() != 20 or binary_auroc(positive, score) < 1.0:
+            continue
+        chosen, note = choose_threshold(positive, score, "youden", 0.9)
+        assert note is None
+        gap = (score[~positive].max(), score[positive].min())
+        assert logit(chosen) == pytest.approx(sum(gap) / 2)
+        middle.append(norm.sf(logit(chosen) - separation))
+        edge.append(norm.sf(gap[1] - separation))
+    assert np.mean(middle) > np.mean(edge) + 0.02
+
+
+def test_equal_youden_cuts_take_the_highest_and_no_j_above_zero_falls_back_to_half():
+    positive = np.array([True, False, True, False])
+    # cuts at 3 and at 1 both give J = 0.5: the higher one is taken, mid-gap between 3 and 2
+    value, note = choose_threshold(positive, np.array([3.0, 2.0, 1.0, 0.0]), "youden", 0.9)
+    assert logit(value) == pytest.approx(2.5) and note is None
+    value, note = choose_threshold(positive, np.array([0.0, 1.0, 2.0, 3.0]), "youden", 0.9)  # inverted
+    assert value == 0.5 and "no better than chance" in note
+
+
+def test_a_validation_split_classified_without_error_keeps_t_1_and_a_bound_is_reported():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 30)
+    separated = SplitInputs(labels, 6.0 * np.eye(3)[labels] + rng.normal(size=(30, 3)))
+    evaluator = Evaluator(("a", "b", "c"), EvaluationSettings(bootstrap=0)).fit(separated)
+    assert evaluator.calibrator_.method == "none" and "no finite optimum" in evaluator.calibration_note_
+    # logits 1000 times too small and one error: the temperature ends at its lower bound, and says so
+    labels = rng.integers(0, 2, 200)
+    logits = 0.001 * np.column_stack([-(2 * labels - 1) * 3.0, (2 * labels - 1) * 3.0]) + 1e-4 * rng.normal(size=(200, 2))
+    logits[0] = logits[0][::-1]
+    bound = Evaluator(CLASSES, EvaluationSettings(bootstrap=0)).fit(SplitInputs(labels, logits))
+    assert "reached its lower bound" in bound.calibration_note_
+
+
+def test_positive_class_ece_is_the_gap_of_one_class_s_probability():
+    labels = np.array([1, 1, 0, 0, 1, 0, 0, 0])
+    p = np.array([0.9, 0.9, 0.9, 0.9, 0.2, 0.2, 0.2, 0.2])  # two bins: 50 % at 0.9, 25 % at 0.2
+    probabilities = np.column_stack([1 - p, p])
+    assert positive_class_calibration_error(labels, probabilities, 1) == pytest.approx(0.5 * 0.4 + 0.5 * 0.05)
+    assert expected_calibration_error(labels, probabilities) == pytest.approx(0.5 * 0.4 + 0.5 * 0.05)
+    report_ = evaluate(CLASSES, {"val": SplitInputs(labels, np.log(probabilities))},
+                       EvaluationSettings(bootstrap=0, calibration="none")).metrics["val"]
+    assert report_["ece_positive"] == pytest.approx(0.225) and "ece_positive_uncalibrated" in report_
+
+
+def test_a_model_that_does_not_transfer_is_warned_about_before_any_figure():
+    """The audit's external collapse: AUROC below 0.5 at a new site, nearly every image called
+    positive there; the warnings name each figure and come first."""
+    rng = np.random.default_rng(8)
+    val = simulate_test_set(rng, patients=80, auroc=0.9, prevalence=0.5)
+    collapsed = simulate_test_set(rng, patients=120, auroc=0.4, prevalence=0.5)
+    logits = collapsed.logits.copy()
+    logits[:, 1] += 4.0  # the new site's images all score high
+    metrics = evaluate(CLASSES, {"val": SplitInputs(val.labels, val.logits, val.patients),
+                                 "test": SplitInputs(collapsed.labels, logits, collapsed.patients)},
+                       EvaluationSettings(bootstrap=0, calibration="none")).metrics
+    warnings = metrics["transfer"]["warnings"]
+    assert warnings and metrics["warnings"][:len(warnings)] == warnings
+    assert "does not rank the images on the test set better than chance" in warnings[0]
+    assert any("calls" in w and "opacity, while" in w for w in warnings)
+    assert any(w.startswith("Specificity on the test set is") for w in warnings)
+
+
+def test_holm_adjusted_p_values_step_down_and_never_fall():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04, then made non-decreasing
+    adjusted = holm_adjusted([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjusted([0.6, 0.9]) == pytest.approx([1.0, 1.0])
