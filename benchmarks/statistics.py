@@ -15,7 +15,9 @@ Every rate the README states in "How far to trust the numbers" comes from this s
 - threshold placement: the test sensitivity of a threshold chosen on a perfectly separated
   validation split (20 + 20 images), at the midpoint of the gap against at its edge;
 - calibration bounds: test NLL and ECE when the validation split is classified without error,
-  fitting the temperature anyway (it ends on its 0.05 bound) against keeping T = 1.
+  fitting the temperature anyway (it ends on its 0.05 bound) against keeping T = 1;
+- transfer warnings: how often a test split drawn like validation is warned about (the promise:
+  rarely), and how often one whose scores moved or whose AUROC fell is.
 
 Every simulation calls the code the report runs (``medxfer.pipeline.evaluation.evaluate``,
 ``comparisons``, ``intervals``, ``Evaluator``) on sets from ``medxfer.pipeline.simulation``.
@@ -69,13 +71,15 @@ def report(s: SimulatedSet, intersections: tuple[str, ...] = ()) -> dict:
     return evaluate(CLASSES, {"test": inputs}, settings, evaluator=fixed_evaluator(s.threshold)).metrics
 
 
-def null_rate(reps: int, seed: int, patients: int, intersections: tuple[str, ...]) -> tuple[float, float]:
+def null_rate(reps: int, seed: int, patients: int, intersections: tuple[str, ...],
+              prevalence: float = 0.4) -> tuple[float, float]:
     """Share of null reports with any flag, and the mean number of comparisons; one or two images
     a patient, as in the audit (about 160 images of 100 patients)."""
     rng = np.random.default_rng(seed)
     flagged, comparisons = 0, []
     for _ in range(reps):
-        bias = report(simulate_test_set(rng, patients=patients, images_per_patient=(1, 2)), intersections)["bias"]
+        s = simulate_test_set(rng, patients=patients, images_per_patient=(1, 2), prevalence=prevalence)
+        bias = report(s, intersections)["bias"]
         flagged += bool(bias["flags"])
         comparisons.append(bias["comparisons"])
     return flagged / reps, float(np.mean(comparisons))
@@ -102,13 +106,15 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
 def null_section(scale: float) -> None:
     reps = max(50, int(1000 * scale))
     rows = []
-    for patients in (100, 300):
-        for intersections in ((), INTERSECTIONS):
-            rate, comparisons = null_rate(reps, patients + len(intersections), patients, intersections)
-            rows.append([f"{patients} patients", "two" if intersections else "none", f"{comparisons:.0f}",
-                         f"{rate:.3f}"])
+    for prevalence in (0.4, 0.1):
+        for patients in (100, 300):
+            for intersections in ((), INTERSECTIONS):
+                rate, comparisons = null_rate(reps, patients + len(intersections) + int(100 * prevalence), patients,
+                                              intersections, prevalence)
+                rows.append([f"{patients} patients", f"{prevalence:.0%}", "two" if intersections else "none",
+                             f"{comparisons:.0f}", f"{rate:.3f}"])
     _table(f"Null reports ({reps} each, 1-2 images a patient): share with any flag (promise: at most 0.05)",
-           ["test set", "intersections", "comparisons (mean)", "reports flagged"], rows)
+           ["test set", "prevalence", "intersections", "comparisons (mean)", "reports flagged"], rows)
 
 
 def power_section(scale: float) -> None:
@@ -126,7 +132,8 @@ def power_section(scale: float) -> None:
            ["planted", "site patients of all", "intersections", "power"], rows)
 
 
-def _coverage(reps: int, seed: int, patients: int, auroc: float, bootstrap: int) -> dict[str, float]:
+def _coverage(reps: int, seed: int, patients: int, auroc: float, prevalence: float,
+              bootstrap: int) -> dict[str, float]:
     """Coverage of each interval over ``reps`` simulated sets (the percentile bootstrap with
     ``bootstrap`` resamples, 0 to skip it)."""
     rng = np.random.default_rng(seed)
@@ -136,7 +143,7 @@ def _coverage(reps: int, seed: int, patients: int, auroc: float, bootstrap: int)
         hits[name] = hits.get(name, 0) + int(interval is not None and interval[0] <= truth <= interval[1])
 
     for _ in range(reps):
-        s = simulate_test_set(rng, patients=patients, auroc=auroc)
+        s = simulate_test_set(rng, patients=patients, auroc=auroc, prevalence=prevalence)
         metrics = report(s)["test"]
         hit("AUROC", metrics["ci"]["auroc"], s.auroc)
         hit("sensitivity", metrics["ci"]["sensitivity"], s.sensitivity)
@@ -165,13 +172,14 @@ def _percentile_draws(s: SimulatedSet, bootstrap: int, seed: int) -> dict[str, n
 
 def coverage_section(scale: float) -> None:
     reps = max(100, int(2000 * scale))
-    cells = [(24, 0.8), (24, 0.9), (120, 0.8), (120, 0.9)]
-    results = {cell: _coverage(reps, 100 * cell[0] + int(10 * cell[1]), *cell, bootstrap=500 if scale >= 0.5 else 200)
+    cells = [(24, 0.8, 0.4), (24, 0.9, 0.4), (120, 0.8, 0.4), (120, 0.9, 0.4), (120, 0.85, 0.1)]
+    results = {cell: _coverage(reps, 100 * cell[0] + int(10 * cell[1]) + int(100 * cell[2]), *cell,
+                               bootstrap=500 if scale >= 0.5 else 200)
                for cell in cells}
     names = list(results[cells[0]])
     _table(f"Coverage of the 95 % intervals ({reps} simulated test sets a cell; 1-4 images per patient, "
            "correlation 0.5; the last two rows are the previous method)",
-           ["interval", *(f"{p} patients, AUROC {a}" for p, a in cells)],
+           ["interval", *(f"{p} patients, AUROC {a}, prevalence {q:.0%}" for p, a, q in cells)],
            [[name, *(f"{results[cell][name]:.3f}" for cell in cells)] for name in names])
     rows = []
     rng = np.random.default_rng(7)
@@ -214,6 +222,39 @@ def threshold_section(scale: float) -> None:
             ["midpoint of the gap, logit scale (now)", f"{np.mean(middle):.3f}", f"{np.quantile(middle, 0.05):.3f}"]])
 
 
+def _transfer_rate(reps: int, seed: int, shift: float, auroc: float) -> tuple[float, float]:
+    """Share of test splits with any transfer warning, and with one about the operating point,
+    when validation (80 patients) and test (120) come from one model; the test split's scores
+    moved by ``shift`` (logit units) and its AUROC ``auroc`` (validation's 0.85)."""
+    rng = np.random.default_rng(seed)
+    warned = moved = 0
+    for _ in range(reps):
+        val = simulate_test_set(rng, patients=80, auroc=0.85)
+        test = simulate_test_set(rng, patients=120, auroc=auroc)
+        logits = test.logits.copy()
+        logits[:, 1] += shift
+        metrics = evaluate(CLASSES, {"val": SplitInputs(val.labels, val.logits, val.patients),
+                                     "test": SplitInputs(test.labels, logits, test.patients)},
+                           EvaluationSettings(bootstrap=0)).metrics
+        warnings = metrics["transfer"]["warnings"]
+        warned += bool(warnings)
+        moved += any(w.startswith(("The model calls", "Sensitivity", "Specificity")) for w in warnings)
+    return warned / reps, moved / reps
+
+
+def transfer_section(scale: float) -> None:
+    reps = max(50, int(500 * scale))
+    rows = []
+    for label, shift, auroc in (("same model, same distribution (null)", 0.0, 0.85),
+                                ("scores 0.5 logit higher", 0.5, 0.85), ("scores 1 logit higher", 1.0, 0.85),
+                                ("AUROC 0.60, no shift", 0.0, 0.6), ("AUROC 0.50, no shift", 0.0, 0.5)):
+        warned, moved = _transfer_rate(reps, int(10 * shift + 100 * auroc), shift, auroc)
+        rows.append([label, f"{warned:.3f}", f"{moved:.3f}"])
+    _table(f"Transfer warnings ({reps} pairs each: validation 80 patients, test 120, AUROC 0.85 on validation, "
+           "temperature and threshold fitted on validation): share of test splits warned about",
+           ["test split", "any warning", "operating-point warning"], rows)
+
+
 def _three_class(rng: np.random.Generator, n: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Labels (n,) of three classes and logits (n, 3): the true class's logit 3 higher, plus unit
     noise, all times ``scale`` (1: underconfident, the softmax below the accuracy; 4: overconfident)."""
@@ -252,7 +293,7 @@ def calibration_section(scale: float) -> None:
 
 SECTIONS: dict[str, Callable[[float], None]] = {
     "null": null_section, "power": power_section, "coverage": coverage_section, "threshold": threshold_section,
-    "calibration": calibration_section,
+    "calibration": calibration_section, "transfer": transfer_section,
 }
 
 

@@ -42,6 +42,7 @@ from medxfer.pipeline.intervals import (
 
 MIN_GROUP_PATIENTS = 15
 MIN_CLASS_PATIENTS = 8
+MIN_EXPECTED_PATIENTS = 5  # prevalence tests: patients of the rarer class expected on each side
 MIN_FLAG_GAP = 0.05
 PERFORMANCE = ("auroc", "sensitivity", "specificity")
 
@@ -108,11 +109,13 @@ class GroupScorer:
     def prevalence(self, within: np.ndarray) -> Estimate:
         return proportion_estimate(self.labels == self.positive, within, self.patients)
 
-    def separation(self, member: np.ndarray) -> Estimate:
+    def separation(self, member: np.ndarray, known: np.ndarray | None = None) -> Estimate:
         """The mean over the two classes of the AUROC with which the positive class's score tells
-        the images of ``member`` from the other images of the same class (0.5: not at all)."""
+        the images of ``member`` from the other images of the same class (0.5: not at all), among
+        the images ``known`` (those whose group is known; default all)."""
         score = self.ranking[:, self.positive]
-        return average([auroc_estimate(member, score, self.patients, self.labels == c) for c in (0, 1)])
+        known = np.ones(len(member), bool) if known is None else known
+        return average([auroc_estimate(member, score, self.patients, known & (self.labels == c)) for c in (0, 1)])
 
     def estimate(self, metric: str, within: np.ndarray) -> Estimate:
         return getattr(self, metric)(within)
@@ -132,11 +135,16 @@ class GroupScorer:
         return int(np.count_nonzero(np.bincount(self.patients[mask])))
 
     def large_enough(self, metric: str, within: np.ndarray) -> bool:
-        """Whether the images ``within`` hold enough patients, and of each class ``metric`` counts."""
-        if self.patients_of(within) < MIN_GROUP_PATIENTS:
+        """Whether the images ``within`` hold enough patients, and of each class ``metric`` counts
+        (for the prevalence, enough patients of the rarer class *expected* under no difference: a
+        group of 40 patients at a prevalence of 5 % expects 2 positive patients, too few to tell
+        a group without any from chance)."""
+        patients = self.patients_of(within)
+        if patients < MIN_GROUP_PATIENTS:
             return False
         if metric == "prevalence":
-            return True
+            share = float(np.mean(self.labels == self.positive))
+            return patients * min(share, 1 - share) >= MIN_EXPECTED_PATIENTS
         if self.positive is None:
             counted = range(self.k)
         else:
@@ -171,7 +179,8 @@ def family(scorer: GroupScorer, groups: Mapping[str, Sequence[str]], level: floa
                 if test is not None:
                     hypotheses.append(Hypothesis("prevalence", attribute, group, "prevalence", test))
             if scorer.large_enough("auroc", member) and scorer.large_enough("auroc", rest):
-                test = compare(scorer.separation(member), constant(0.5, n), scorer.patients, level=level)
+                test = compare(scorer.separation(member, member | rest), constant(0.5, n), scorer.patients,
+                               level=level)
                 if test is not None:
                     hypotheses.append(Hypothesis("separation", attribute, group, "score_separation", test))
     return hypotheses

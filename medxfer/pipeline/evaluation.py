@@ -1,5 +1,6 @@
 """What a reviewer asks of a classifier, computed: discrimination, calibration, per-class rates,
-overfitting and subgroup gaps, each with a 95 % bootstrap interval.
+overfitting and subgroup gaps, each with a patient-clustered interval (95 % by default; methods
+in ``intervals.py``, the bootstrap only for the figures no closed form covers).
 
 ``Evaluator`` learns, on the validation split only, what is then applied unchanged to every
 other split: the calibration of the logits (temperature scaling by default, see
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, softmax
+from scipy.special import expit, softmax, stdtrit
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -54,15 +55,19 @@ from medxfer.pipeline.flags import bias_summary
 from medxfer.pipeline.intervals import (
     LOGIT_WALD,
     MEAN_T,
+    MOVER,
     WILSON,
     Estimate,
+    Interval,
     auroc_estimate,
     average,
+    clustered_variance,
     compare,
     compare_proportions,
     logit_interval,
     mean_estimate,
     mean_interval,
+    mover_average,
     patient_codes,
     proportion_estimate,
     wilson_interval,
@@ -90,7 +95,6 @@ SUBGROUP_METRICS = ("auroc", "sensitivity", "specificity", "ece")
 # Intervals checked by simulation (intervals.py) and those left to a percentile bootstrap over
 # patients, whose coverage is not checked: they are marked approximate wherever they are shown.
 CHECKED_INTERVALS = ("auroc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "brier")
-LOGIT_METRICS = ("auroc", "balanced_accuracy")
 BOOTSTRAPPED = ("average_precision", "ece", "ece_positive", "per-class f1 and average precision", "subgroup ece")
 MIN_BOOTSTRAP = 200  # fewer resamples put the ends of a 95 % interval on a handful of draws
 MIN_INTERVAL_PATIENTS = 2  # with one patient of the class a figure rests on, its interval is marked approximate
@@ -101,10 +105,13 @@ BOOTSTRAP_NOTE = {
     "*": "approximate: bootstrap over patients, coverage not checked",
 }
 INTERVAL_METHODS = {
-    "auroc": LOGIT_WALD + " (DeLong's variance, clustered)", "balanced_accuracy": LOGIT_WALD,
-    "sensitivity": WILSON, "specificity": WILSON, "accuracy": WILSON, "prevalence": WILSON, "brier": MEAN_T,
+    "auroc": LOGIT_WALD + " (DeLong's variance, clustered, corrected class by class)",
+    "balanced_accuracy": MOVER, "sensitivity": WILSON + " (more than two classes: " + MOVER + ")",
+    "specificity": WILSON + " (more than two classes: " + MOVER + ")", "accuracy": WILSON, "prevalence": WILSON,
+    "brier": MEAN_T,
     "average_precision": BOOTSTRAP_METHOD, "ece": BOOTSTRAP_METHOD, "ece_positive": BOOTSTRAP_METHOD,
-    "gaps": "difference of the two estimates, patient-clustered variance, t quantile",
+    "gaps": "AUROC: difference of the two estimates, patient-clustered variance, t quantile; rates and prevalence: "
+            "Newcombe's hybrid score interval on the effective sizes",
 }
 CLASS_METRICS = ("precision", "recall", "specificity", "f1", "auroc", "average_precision")
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}  # split names in warnings
@@ -213,26 +220,7 @@ class Evaluator:
     def fit(self, val: SplitInputs) -> Evaluator:
         settings = self.settings or EvaluationSettings()
         self.positive_ = positive_class_index(self.classes, settings.positive_class)
-        self.calibration_note_ = None
-        method = settings.calibration
-        if method != "none" and len(np.unique(val.labels)) < 2:
-            # a calibration fitted on one class only learns to be sure of that class
-            method, self.calibration_note_ = "none", (
-                f"the validation split holds one class only, so the {settings.calibration} calibration was not "
-                "fitted and probabilities are the network's own")
-        elif method != "none" and np.array_equal(val.logits.argmax(1), val.labels):
-            # every image on the right side: the likelihood keeps rising as the probabilities sharpen, so
-            # the fit would end on its bound (T = 0.05) with probabilities of 0 and 1 (measured:
-            # benchmarks/statistics.py, calibration)
-            method, self.calibration_note_ = "none", (
-                f"every validation image is classified correctly by the network, so the likelihood has no finite "
-                f"optimum: {settings.calibration} scaling would sharpen the probabilities towards 0 and 1 without "
-                "limit. It was not fitted: the probabilities are the network's own (T = 1); a larger validation "
-                "split with some errors is needed to calibrate")
-        self.calibrator_ = make_calibrator(method).fit(val.logits, val.labels)
-        bound = self.calibrator_.at_bound()
-        if bound:
-            self.calibration_note_ = f"{bound}; compare the test set's NLL and ECE before and after calibration"
+        self.calibrator_, self.calibration_note_ = _fit_calibration(settings.calibration, val)
         self.threshold_method_ = "argmax" if self.positive_ is None else settings.threshold
         self.target_sensitivity_ = settings.target_sensitivity if self.threshold_method_ == "sensitivity" else None
         self.threshold_ = None
@@ -300,6 +288,46 @@ class Evaluator:
         if problem:
             raise ValueError(f"not a medxfer calibration record: {problem}")
         return evaluator
+
+
+def _fit_calibration(method: str, val: SplitInputs) -> tuple[Any, str | None]:
+    """The calibration to apply, fitted on ``val``, and a note when it is not the one asked for or
+    ended on a bound. What is never applied: a fit on one class (it learns to be sure of it); a
+    temperature on a split the network gets all right, or one that ends on its lower bound (no
+    finite optimum: probabilities pushed to 0 and 1; measured in benchmarks/statistics.py, the
+    network's own probabilities do better on new images); vector scaling on a two-class split some
+    threshold separates, or ending on a bound (its bias runs away): temperature scaling instead,
+    under the same rules. A temperature on its upper bound (20: probabilities flattened towards
+    the class shares) is applied, with the note."""
+    notes: list[str] = []
+    if method != "none" and len(np.unique(val.labels)) < 2:
+        return make_calibrator("none").fit(val.logits, val.labels), (
+            f"the validation split holds one class only, so the {method} calibration was not fitted and "
+            "probabilities are the network's own")
+    if method != "none" and np.array_equal(val.logits.argmax(1), val.labels):
+        return make_calibrator("none").fit(val.logits, val.labels), (
+            f"every validation image is classified correctly by the network, so the likelihood has no finite "
+            f"optimum: {method} scaling would sharpen the probabilities towards 0 and 1 without limit. It was not "
+            "fitted: the probabilities are the network's own (T = 1); a larger validation split with some errors "
+            "is needed to calibrate")
+    if method == "vector" and val.logits.shape[1] == 2 and \
+            macro_auroc(val.labels, ranking_scores(val.logits)) == 1.0:
+        notes.append("a threshold separates the validation split perfectly, so vector scaling's bias has no finite "
+                     "optimum: temperature scaling was fitted instead")
+        method = "temperature"
+    calibrator = make_calibrator(method).fit(val.logits, val.labels)
+    bound = calibrator.at_bound()
+    if bound and method == "vector":
+        notes.append(f"{bound}; temperature scaling was fitted instead")
+        calibrator = make_calibrator("temperature").fit(val.logits, val.labels)
+        bound = calibrator.at_bound()
+    if bound and "lower" in bound:
+        notes.append(f"{bound}, so it was not applied (it would push the probabilities to 0 and 1): the "
+                     "probabilities are the network's own (T = 1)")
+        calibrator = make_calibrator("none").fit(val.logits, val.labels)
+    elif bound:
+        notes.append(f"{bound}; compare the test set's NLL and ECE before and after calibration")
+    return calibrator, "; ".join(notes) or None
 
 
 THRESHOLD_PLACEMENT = "midpoint of the neighbouring validation scores on the logit scale"
@@ -502,6 +530,24 @@ class _SplitScorer:
             return mean_estimate(per_image, within, self.patients)
         raise ValueError(metric)
 
+    def _macro_interval(self, metric: str, within: np.ndarray) -> Interval | None:
+        """A mean of per-class rates (balanced accuracy; sensitivity and specificity of more than
+        two classes) from the classes' own Wilson intervals (MOVER), so that a class at 0 or 1
+        keeps its width."""
+        present = [c for c in range(len(self.classes)) if np.any(within & (self.labels == c))]
+        if len(present) < 2:
+            return None
+        if metric == "specificity":
+            parts = [(self.predicted != c, within & (self.labels != c)) for c in present]
+        else:
+            parts = [(self.predicted == c, within & (self.labels == c)) for c in present]
+        values, intervals = [], []
+        for success, counted in parts:
+            estimate = proportion_estimate(success, counted, self.patients)
+            values.append(estimate.value)
+            intervals.append(wilson_interval(estimate, counted, self.patients, self.settings.level))
+        return mover_average(values, intervals)
+
     def _smallest_class(self, metric: str, within: np.ndarray) -> tuple[int, str]:
         """The patients of the class a figure rests on most, and its name."""
         if metric in ("sensitivity", "specificity") and self.positive is not None:
@@ -520,8 +566,10 @@ class _SplitScorer:
             entry["ci"][metric] = None
             return
         estimate = self.estimate(metric, within)
-        if metric in LOGIT_METRICS or (metric in ("sensitivity", "specificity") and self.positive is None):
+        if metric == "auroc":
             interval = logit_interval(estimate, self.patients, self.settings.level)
+        elif metric == "balanced_accuracy" or (metric in ("sensitivity", "specificity") and self.positive is None):
+            interval = self._macro_interval(metric, within)
         elif metric == "brier":
             interval = mean_interval(estimate, self.patients, self.settings.level)
             if interval is not None and interval.low < 0:  # a mean of squares cannot be negative
@@ -615,6 +663,7 @@ class _SplitScorer:
         result["reliability"] = {"before": reliability_bins(labels, u), "after": reliability_bins(labels, probabilities)}
         for metric in CHECKED_INTERVALS:
             self.checked_interval(result, metric, self.everything)
+        result["transfer_statistics"] = self._transfer_statistics(result)
         draws = (bootstrap_values(self.bootstrapped_statistic, self.resamples) if self.resamples is not None
                  else None)
         for metric in ("average_precision", "ece", *(("ece_positive",) if self.positive is not None else ())):
@@ -623,6 +672,34 @@ class _SplitScorer:
             for metric in ("f1", "average_precision"):
                 self._bootstrap(entry, draws, metric, key=f"{name}\x00{metric}")
         return result
+
+    def _transfer_statistics(self, result: Mapping[str, Any]) -> dict[str, list[float]]:
+        """[value, standard error, degrees of freedom] of the figures ``transfer.transfer_warnings``
+        compares between a held-out set and validation: the stated confidence minus the accuracy
+        (top label), and for two classes sensitivity, specificity (their errors read from their
+        Wilson intervals, which stay wide at 0 or 1) and the share called positive minus the share
+        that is."""
+        everything, patients = self.everything, self.patients
+
+        def statistic(estimate: Estimate) -> list[float]:
+            variance = clustered_variance(estimate.influence, patients)
+            return [estimate.value, math.sqrt(variance) if variance > 0 else 0.0, estimate.df]
+
+        top = self.probabilities.argmax(1)
+        confidence = self.probabilities[np.arange(len(top)), top]
+        stats = {"confidence_minus_accuracy": statistic(mean_estimate(confidence - (top == self.labels),
+                                                                      everything, patients))}
+        if self.positive is not None:
+            called, positive = self.predicted == self.positive, self.labels == self.positive
+            stats["called_minus_observed"] = statistic(mean_estimate(called.astype(float) - positive, everything,
+                                                                     patients))
+            for metric in ("sensitivity", "specificity"):
+                interval = result["ci"].get(metric)
+                if result.get(metric) is not None and interval is not None:
+                    df = self.groups.estimate(metric, everything).df
+                    stats[metric] = [result[metric], (interval[1] - interval[0]) / (2 * float(
+                        stdtrit(df, (1 + self.settings.level) / 2))), df]
+        return stats
 
     def _share_interval(self, i: int, j: int) -> list[float] | None:
         """The interval of the share of class ``i``'s images predicted as ``j``."""
@@ -682,7 +759,7 @@ class _SplitScorer:
             values = np.array(column, dtype=object)
             for group in [g for g in report[attribute] if g != "unknown"]:
                 entry = report[attribute][group]
-                estimate = self.groups.separation(values == group)
+                estimate = self.groups.separation(values == group, values != "unknown")
                 entry["score_separation"] = _value(estimate.value)
                 if entry["score_separation"] is None:
                     entry["na"]["score_separation"] = "a class has no images in this group, or none outside it"
@@ -750,6 +827,11 @@ class _SplitScorer:
                 continue
             if metric == "prevalence":
                 test = compare_proportions(self.labels == self.positive, member, other, self.patients,
+                                           level=self.settings.level)
+            elif metric in ("sensitivity", "specificity") and self.positive is not None:
+                c = self.positive if metric == "sensitivity" else 1 - self.positive
+                of_class = self.labels == c
+                test = compare_proportions(self.predicted == c, member & of_class, other & of_class, self.patients,
                                            level=self.settings.level)
             else:
                 test = compare(self.estimate(metric, member), self.estimate(metric, other), self.patients,
@@ -900,15 +982,16 @@ def evaluate(classes: Sequence[str], splits: Mapping[str, SplitInputs], settings
     if "val" in metrics and "train" in metrics:
         metrics["overfitting"] = overfitting_check(metrics["train"]["auroc"], metrics["val"]["auroc"],
                                                    settings.overfit_gap, best_epoch)
-    transfer = (transfer_warnings(metrics["test"], metrics["val"], positive=metrics["positive_class"],
-                                  where="on the test set") if "test" in metrics and "val" in metrics else None)
+    transfer, kinds = (transfer_warnings(metrics["test"], metrics["val"], positive=metrics["positive_class"],
+                                         where="on the test set") if "test" in metrics and "val" in metrics
+                       else ([], []))
     if evaluator.threshold_note_:
         warnings.append(f"Threshold: {evaluator.threshold_note_}.")
     if getattr(evaluator, "calibration_note_", None):
         warnings.append(f"Calibration: {evaluator.calibration_note_}.")
-    metrics["transfer"] = {"compared_with": "validation" if transfer is not None else None,
-                           "warnings": transfer or []}
-    metrics["warnings"] = (transfer or []) + warnings
+    metrics["transfer"] = {"compared_with": "validation" if "test" in metrics and "val" in metrics else None,
+                           "warnings": transfer, "kinds": kinds}
+    metrics["warnings"] = transfer + warnings
     return evaluation
 
 

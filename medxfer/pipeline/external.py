@@ -190,11 +190,18 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
             metrics[key] = run_metrics[key]
     metrics["trained_on"] = run_metrics.get("data_name")
     metrics["unreadable_files"] = len(unreadable)
-    transfer = transfer_warnings(metrics["test"], run_metrics.get("val"), positive=metrics["positive_class"],
-                                 where="at this site")
+    transfer, kinds = transfer_warnings(metrics["test"], run_metrics.get("val"), positive=metrics["positive_class"],
+                                        where="at this site")
     metrics["transfer"] = {"compared_with": "validation split of the training run" if run_metrics.get("val") else None,
-                           "warnings": transfer}
+                           "warnings": transfer, "kinds": kinds}
     metrics["warnings"] = transfer + [w for w in metrics["warnings"] if w not in transfer]
+    if run_metrics.get("val") and "transfer_statistics" not in run_metrics["val"]:
+        metrics["transfer"]["partial"] = True
+        metrics["warnings"].append(
+            "The run was trained by an earlier medxfer, whose metrics.json lacks validation's patient-clustered "
+            "standard errors: only the AUROC and the sensitivity and specificity intervals were compared with "
+            "validation; the checks of the share called positive and of the calibration were not made. Retrain "
+            "with this version for all four.")
     kept_scans = replace(scans, records=kept)
     out.mkdir(parents=True, exist_ok=True)
     write_environment(out / ENVIRONMENT_FILE, environment_info(

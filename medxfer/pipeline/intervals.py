@@ -37,6 +37,7 @@ from scipy.special import expit, logit, stdtr, stdtrit
 
 LOGIT_WALD = "logit-scale Wald, patient-clustered variance, t quantile"
 WILSON = "Wilson score on the effective sample size, patient-clustered design effect, t quantile"
+MOVER = "MOVER combination of the components' Wilson intervals"
 MEAN_T = "t interval of a mean, patient-clustered variance"
 DIFFERENCE = "difference of two estimates, patient-clustered variance, t quantile"
 
@@ -57,12 +58,15 @@ def patient_codes(patients: Sequence[Hashable | None], n: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Estimate:
     """A statistic and its linearisation: ``value`` (NaN when undefined), ``influence`` (n,) the
-    per-image influence (zero for images that do not count), and ``df``, the degrees of freedom
-    of its t quantile (patients of the smaller group that it depends on, minus one)."""
+    per-image influence (zero for images that do not count), ``df``, the degrees of freedom of
+    its t quantile (patients of the smaller group that it depends on, minus one), and
+    ``strata`` (n,), for an AUROC the class of each image, whose small-sample corrections are
+    made class by class, as DeLong's are (None: one stratum)."""
 
     value: float
     influence: np.ndarray
     df: int
+    strata: np.ndarray | None = None
 
     @property
     def defined(self) -> bool:
@@ -73,12 +77,26 @@ def _undefined(n: int) -> Estimate:
     return Estimate(float("nan"), np.zeros(n), 0)
 
 
-def clustered_variance(influence: np.ndarray, patients: np.ndarray) -> float:
-    """k / (k - 1) times the sum over patients of the squared sum of their images' influences,
-    k the patients with a non-zero influence (the sandwich variance of a linearised estimate)."""
+def _factor(k: int) -> float:
+    return k / (k - 1) if k > 1 else float("nan")
+
+
+def clustered_variance(influence: np.ndarray, patients: np.ndarray, strata: np.ndarray | None = None) -> float:
+    """The sandwich variance of a linearised estimate: the sum over patients of the squared sum
+    of their images' influences, times k / (k - 1) for k patients with a non-zero influence. With
+    ``strata`` (an AUROC's classes) each stratum's own sum of squares gets its own k_s / (k_s - 1):
+    DeLong's m / (m - 1) and n / (n - 1), which matter when one class has few patients."""
+    counts = np.bincount(patients, weights=np.abs(influence))
     sums = np.bincount(patients, weights=influence)
-    k = int(np.count_nonzero(np.bincount(patients, weights=np.abs(influence))))
-    return float(k / (k - 1) * np.sum(sums**2)) if k > 1 else float("nan")
+    overall = _factor(int(np.count_nonzero(counts)))
+    variance = overall * float(np.sum(sums**2))
+    if strata is not None:
+        for stratum in np.unique(strata[influence != 0]):
+            inside = strata == stratum
+            part = np.bincount(patients, weights=np.where(inside, influence, 0.0), minlength=len(sums))
+            k = int(np.count_nonzero(np.bincount(patients[inside & (influence != 0)], minlength=len(sums))))
+            variance += (_factor(k) - overall) * float(np.sum(part**2))
+    return variance
 
 
 def _patients_in(mask: np.ndarray, patients: np.ndarray) -> int:
@@ -121,7 +139,7 @@ def auroc_estimate(positive: np.ndarray, scores: np.ndarray, patients: np.ndarra
     influence[both[is_pos]] = (below - value) / n_pos
     influence[both[~is_pos]] = (above - value) / n_neg
     df = min(_patients_in(pos, patients), _patients_in(neg, patients)) - 1
-    return Estimate(value, influence, max(df, 1))
+    return Estimate(value, influence, max(df, 1), positive.astype(np.intp))
 
 
 def proportion_estimate(success: np.ndarray, counted: np.ndarray, patients: np.ndarray) -> Estimate:
@@ -149,11 +167,15 @@ def mean_estimate(values: np.ndarray, counted: np.ndarray, patients: np.ndarray)
 
 def average(estimates: Sequence[Estimate]) -> Estimate:
     """The mean of several estimates (balanced accuracy, a macro average); its influence is the
-    mean of theirs, its degrees of freedom the smallest of theirs."""
+    mean of theirs, its degrees of freedom the smallest of theirs. The AUROCs of a macro average
+    keep their classes as strata."""
     if not estimates or any(not e.defined for e in estimates):
         return _undefined(len(estimates[0].influence) if estimates else 0)  # n unknown without estimates: 0
+    first = estimates[0].strata
+    same = first is not None and all(e.strata is not None and np.array_equal(e.strata, first) for e in estimates)
+    strata = first if same else None
     return Estimate(float(np.mean([e.value for e in estimates])),
-                    np.mean([e.influence for e in estimates], axis=0), min(e.df for e in estimates))
+                    np.mean([e.influence for e in estimates], axis=0), min(e.df for e in estimates), strata)
 
 
 @dataclass(frozen=True)
@@ -176,22 +198,28 @@ def _quantile(level: float, df: int) -> float:
     return float(stdtrit(df, (1 + level) / 2))
 
 
+def _wilson(p: float, effective: float, z: float) -> tuple[float, float]:
+    denominator = 1 + z * z / effective
+    centre = (p + z * z / (2 * effective)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / effective + z * z / (4 * effective * effective))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def logit_interval(estimate: Estimate, patients: np.ndarray, level: float = 0.95) -> Interval | None:
-    """Wald interval on the logit scale, for a value in [0, 1] such as the AUROC. At exactly 0
-    or 1 (the classes perfectly separated) the logit has no variance to work with: the interval
-    is then Wilson's for a proportion of 0 or 1 among the patients of the smaller class,
-    conservative, and marked approximate."""
+    """Wald interval on the logit scale, for a value in [0, 1] such as the AUROC. Where the logit
+    has no variance to work with (an AUROC of exactly 0 or 1, the classes perfectly separated, or
+    no spread at all) the interval is Wilson's for that value over the patients of the smaller
+    class: conservative, and marked approximate."""
     if not estimate.defined:
         return None
-    variance = clustered_variance(estimate.influence, patients)
+    variance = clustered_variance(estimate.influence, patients, estimate.strata)
     z = _quantile(level, estimate.df)
-    if estimate.value in (0.0, 1.0) or not variance > 0:
-        patients_of_smaller_class = estimate.df + 1
-        bound = 1 / (1 + z * z / patients_of_smaller_class)
-        low, high = (bound, 1.0) if estimate.value >= 0.5 else (0.0, 1 - bound)
-        return Interval(low, high, LOGIT_WALD, approximate=f"at {estimate.value:.0f} exactly (Wilson's bound over the "
-                        "patients of the smaller class)")
     value = estimate.value
+    if value in (0.0, 1.0) or not variance > 0:
+        low, high = _wilson(value, estimate.df + 1, z)
+        where = f"at {value:.0f} exactly" if value in (0.0, 1.0) else "no spread to measure"
+        return Interval(low, high, LOGIT_WALD, approximate=f"{where} (Wilson's bound over the patients of the "
+                                                             "smaller class)")
     spread = z * math.sqrt(variance) / (value * (1 - value))
     centre = float(logit(value))
     return Interval(float(expit(centre - spread)), float(expit(centre + spread)), LOGIT_WALD)
@@ -200,18 +228,32 @@ def logit_interval(estimate: Estimate, patients: np.ndarray, level: float = 0.95
 def wilson_interval(estimate: Estimate, counted: np.ndarray, patients: np.ndarray,
                     level: float = 0.95) -> Interval | None:
     """Wilson score interval of a proportion, on its effective sample size: the images counted
-    divided by the design effect (clustered over simple binomial variance), at most the count."""
+    divided by the design effect (clustered over simple binomial variance), at most the count.
+    At a share of 0 or 1 there is no spread to estimate the design effect from, so the patients
+    counted stand in for the effective size (every patient's images alike: conservative)."""
     if not estimate.defined:
         return None
     count = int(counted.sum())
     p = estimate.value
-    variance = clustered_variance(estimate.influence, patients)
-    effective = count if not variance > 0 or p in (0.0, 1.0) else min(count, p * (1 - p) / variance)
-    z = _quantile(level, estimate.df)
-    denominator = 1 + z * z / effective
-    centre = (p + z * z / (2 * effective)) / denominator
-    half = z / denominator * math.sqrt(p * (1 - p) / effective + z * z / (4 * effective * effective))
-    return Interval(max(0.0, centre - half), min(1.0, centre + half), WILSON)
+    if p in (0.0, 1.0):
+        effective = _patients_in(counted, patients)
+    else:
+        variance = clustered_variance(estimate.influence, patients)
+        effective = count if not variance > 0 else min(count, p * (1 - p) / variance)
+    low, high = _wilson(p, effective, _quantile(level, estimate.df))
+    return Interval(low, high, WILSON)
+
+
+def mover_average(values: Sequence[float], intervals: Sequence[Interval]) -> Interval:
+    """The interval of the mean of independent estimates from their own intervals (MOVER, Zou and
+    Donner 2008): each bound moves by the root of the summed squared distances of the components'
+    bounds. Unlike a variance of the mean, it keeps the width of a component at 0 or 1 (a
+    sensitivity of 0 has a Wilson interval, not a zero variance)."""
+    k = len(values)
+    mean = float(np.mean(values))
+    below = math.sqrt(sum((v - i.low) ** 2 for v, i in zip(values, intervals, strict=True))) / k
+    above = math.sqrt(sum((i.high - v) ** 2 for v, i in zip(values, intervals, strict=True))) / k
+    return Interval(max(0.0, mean - below), min(1.0, mean + above), MOVER)
 
 
 def mean_interval(estimate: Estimate, patients: np.ndarray, level: float = 0.95) -> Interval | None:
@@ -237,14 +279,16 @@ class Comparison:
 
 def compare(a: Estimate, b: Estimate, patients: np.ndarray, *, level: float = 0.95, side: str = "two-sided",
             null: float = 0.0) -> Comparison | None:
-    """Test ``a - b = null`` (``b`` may be a constant: pass ``Estimate(c, zeros, df)``) with the
+    """Test ``a - b = null`` (``b`` may be a constant: pass ``constant(c, n)``) with the
     patient-clustered variance of the difference of their influences, which accounts for
-    patients who have images on both sides. Student's t with the smaller of the two degrees of
-    freedom (conservative, like Welch's lower bound)."""
+    patients who have images on both sides (class by class when both are AUROCs). Student's t
+    with the smaller of the two degrees of freedom (conservative, like Welch's lower bound).
+    None when the difference has no variance (both AUROCs at 1, say): nothing to test."""
     if not (a.defined and b.defined):
         return None
     difference = a.value - b.value
-    variance = clustered_variance(a.influence - b.influence, patients)
+    strata = a.strata if a.strata is not None else b.strata
+    variance = clustered_variance(a.influence - b.influence, patients, strata)
     df = min(a.df, b.df)
     if not variance > 0:
         return None
@@ -257,25 +301,35 @@ def compare(a: Estimate, b: Estimate, patients: np.ndarray, *, level: float = 0.
 
 def compare_proportions(success: np.ndarray, first: np.ndarray, second: np.ndarray, patients: np.ndarray, *,
                         level: float = 0.95, side: str = "two-sided") -> Comparison | None:
-    """``compare`` for two proportions (the share of ``success`` among the images of ``first``
-    and of ``second``, boolean masks), with the p-value of the score test: the variance of the
-    difference is taken under the null, around the pooled share of both sides, which holds its
-    error rate far better than the Wald variance when a share is near 0 or 1 or a side is small.
-    The interval is the Wald one of ``compare``."""
+    """Two proportions (the share of ``success`` among the images of ``first`` and of
+    ``second``, boolean masks) compared by the score test: under the null both sides share the
+    pooled proportion p0, so the variance of the difference is p0 (1 - p0) (D / n1 + D / n2),
+    D the design effect of clustering measured on both sides together (at least 1). A variance
+    taken from each side's own spread would be near zero for a side with no success at all, and
+    a group without positives would then look far more different than it is. The interval of
+    the difference is Newcombe's hybrid score interval (the two sides' Wilson intervals on their
+    effective sizes, combined by MOVER), defined even when a side is at 0 or 1. None when either
+    side is empty or every image of both has the same outcome."""
+    n1, n2 = int(first.sum()), int(second.sum())
+    if n1 == 0 or n2 == 0:
+        return None
     a = proportion_estimate(success, first, patients)
     b = proportion_estimate(success, second, patients)
-    wald = compare(a, b, patients, level=level, side=side)
-    if wald is None:
-        return None
     both = first | second
-    pooled = float(success[both].mean())
-    residual = success.astype(float) - pooled
-    influence = np.where(first, residual / first.sum(), 0.0) - np.where(second, residual / second.sum(), 0.0)
-    variance = clustered_variance(influence, patients)
-    if not variance > 0:
-        return wald
-    statistic = wald.difference / math.sqrt(variance)
-    return Comparison(wald.difference, wald.low, wald.high, _p_value(statistic, wald.df, side), wald.df)
+    pooled = proportion_estimate(success, both, patients)
+    p0 = pooled.value
+    if p0 in (0.0, 1.0):
+        return None
+    design = max(1.0, clustered_variance(pooled.influence, patients) / (p0 * (1 - p0) / int(both.sum())))
+    variance = p0 * (1 - p0) * design * (1 / n1 + 1 / n2)
+    df = min(a.df, b.df)
+    difference = a.value - b.value
+    p_value = _p_value(difference / math.sqrt(variance), df, side)
+    first_interval = wilson_interval(a, first, patients, level)
+    second_interval = wilson_interval(b, second, patients, level)
+    low = difference - math.hypot(a.value - first_interval.low, second_interval.high - b.value)
+    high = difference + math.hypot(first_interval.high - a.value, b.value - second_interval.low)
+    return Comparison(difference, low, high, p_value, df)
 
 
 def _p_value(statistic: float, df: int, side: str) -> float:

@@ -84,6 +84,6 @@ def headline(metrics: Mapping[str, Any]) -> list[str]:
         lines.append("  FLAG " + flag["sentence"])
     if bias.get("comparisons"):
         lines.append(f"  subgroups: {bias['comparisons']} comparisons, {len(bias.get('flags', []))} flagged "
-                     f"(Holm: at most a {bias.get('family_wise_error', 0.05):.0%} chance of any false flag)")
+                     f"(Holm: at most a {100 * float(bias.get('family_wise_error', 0.05)):g} % chance of any false flag)")
     lines.extend("  NOTE " + warning for warning in metrics.get("warnings", []) if warning not in transfer)
     return lines

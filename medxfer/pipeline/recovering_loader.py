@@ -19,8 +19,7 @@ import re
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
@@ -59,23 +58,40 @@ class InFlight:
         return sorted(dead or marked.values())
 
 
-@contextmanager
-def _deaths_noticed_by_the_loader() -> Iterator[None]:
+class _DeathsNoticedByTheLoader:
     """PyTorch's SIGCHLD handler raises a worker's death in whatever the main thread runs at that
     moment (the network's forward pass, say), outside the loop over batches, where it cannot be
-    told apart or recovered. While the batches of a ``RecoveringLoader`` are consumed, SIGCHLD
-    keeps its default disposition instead: the DataLoader then notices the death itself the next
-    time it waits for a batch (it checks its workers every 5 seconds) and raises there, inside the
-    loop. Only the main thread may change a signal handler; elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGCHLD)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGCHLD, previous if previous is not None else signal.SIG_DFL)
+    told apart or recovered. While a ``RecoveringLoader`` runs, SIGCHLD keeps its default
+    disposition instead: the DataLoader then notices the death itself the next time it waits for
+    a batch (it checks its workers every 5 seconds) and raises there, inside the loop. PyTorch
+    installs its handler when a process starts its first loader's workers: ``after_start``
+    takes it back to the default and keeps PyTorch's to restore on exit. Only the main thread may
+    change a signal handler; elsewhere nothing changes."""
+
+    def __enter__(self) -> Self:
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            self.previous = signal.getsignal(signal.SIGCHLD)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        return self
+
+    def after_start(self) -> None:
+        if self.active and signal.getsignal(signal.SIGCHLD) is not signal.SIG_DFL:
+            self.previous = signal.getsignal(signal.SIGCHLD)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def __exit__(self, *_: object) -> None:
+        if self.active:
+            signal.signal(signal.SIGCHLD, self.previous if self.previous is not None else signal.SIG_DFL)
+
+
+def _shut_down(batches: Iterator) -> None:
+    """Stop a failed loader's other workers (they finish, and unmark, the file in hand) and take
+    its workers off PyTorch's SIGCHLD registry now, not whenever the iterator is collected.
+    PyTorch offers no public call for this; its iterator's own clean-up is used where present."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _as_list(batch: list) -> list:
@@ -95,27 +111,32 @@ class RecoveringLoader:
         self.batch_size, self.workers, self.loader_options = batch_size, workers, loader_options
 
     def __iter__(self) -> Iterator[list]:
-        remaining = self.indices
-        while remaining:
-            in_flight = InFlight(self.workers) if self.workers else None
-            dataset = self.make_dataset(remaining, in_flight)
-            loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers, collate_fn=_as_list,
-                                **self.loader_options)
-            delivered: set[int] = set()
-            batches = iter(loader)
-            try:
-                with _deaths_noticed_by_the_loader():
+        with _DeathsNoticedByTheLoader() as deaths:
+            remaining = self.indices
+            while remaining:
+                in_flight = InFlight(self.workers) if self.workers else None
+                dataset = self.make_dataset(remaining, in_flight)
+                loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers,
+                                    collate_fn=_as_list, **self.loader_options)
+                delivered: set[int] = set()
+                batches = iter(loader)
+                deaths.after_start()
+                try:
                     for batch in batches:
                         delivered.update(item[0] for item in batch)
                         yield batch
-                return
-            except RuntimeError as exc:
-                if in_flight is None:
-                    raise
-                failure = exc.with_traceback(None)  # its frames would keep the failed loader alive
-            del batches  # shuts the other workers down; they finish (and unmark) the file in hand
-            lost = [index for index in in_flight.lost(str(failure)) if index not in delivered]
-            if not lost:
-                raise failure
-            yield [dataset.failed_item(index, WORKER_DIED) for index in lost]
-            remaining = [index for index in remaining if index not in delivered and index not in lost]
+                    return
+                except RuntimeError as exc:
+                    if in_flight is None:
+                        raise
+                    # a new exception: the frames of PyTorch's (and of its cause) would keep the failed
+                    # loader alive, and with it the dead worker's process id in PyTorch's SIGCHLD
+                    # registry, whose handler would then raise that death in whatever runs next
+                    failure = RuntimeError(str(exc))
+                _shut_down(batches)
+                del batches
+                lost = [index for index in in_flight.lost(str(failure)) if index not in delivered]
+                if not lost:
+                    raise failure
+                yield [dataset.failed_item(index, WORKER_DIED) for index in lost]
+                remaining = [index for index in remaining if index not in delivered and index not in lost]

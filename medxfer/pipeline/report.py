@@ -269,6 +269,15 @@ def _flag_sentences(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     return sentences
 
 
+def _transfer_boxes(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The transfer warnings as (label, sentence), to head the summary."""
+    transfer = metrics.get("transfer") or {}
+    warnings = list(transfer.get("warnings") or [])
+    kinds = list(transfer.get("kinds") or ["does not transfer"] * len(warnings))
+    labels = {"not shown better than chance": "Not shown to work here", "does not transfer": "Does not transfer"}
+    return [(labels.get(kind, "Does not transfer"), warning) for kind, warning in zip(kinds, warnings, strict=True)]
+
+
 FLAG_KINDS = {"gap": "Subgroup gap", "confounder": "Confounder", "shortcut": "Possible shortcut",
               "score shift": "Score shift"}
 
@@ -279,9 +288,16 @@ def _flag_kind(flag: Mapping[str, Any]) -> str:
     return FLAG_KINDS.get(flag.get("kind"), "Subgroup gap" if flag.get("group") is not None else "Confounder")
 
 
+def _family_error(bias: Mapping[str, Any]) -> str:
+    """"5 %": the chance of any false flag the report's control allows (1 minus the level)."""
+    return f"{100 * float(bias.get('family_wise_error', 0.05)):g} %"
+
+
 def _no_flag_line(metrics: Mapping[str, Any]) -> str:
-    comparisons = (metrics.get("bias") or {}).get("comparisons")
-    tested = "" if _missing(comparisons) else f" in {fmt(comparisons)} subgroup comparisons (Holm, at most 5 % chance of a false flag)"
+    bias = metrics.get("bias") or {}
+    comparisons = bias.get("comparisons")
+    tested = "" if _missing(comparisons) else (f" in {fmt(comparisons)} subgroup comparisons (Holm, at most a "
+                                               f"{_family_error(bias)} chance of a false flag)")
     return f"No flags: no overfitting flag, no subgroup flagged{tested}, no confounder, no warnings."
 
 
@@ -303,7 +319,7 @@ def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The plain-language summary: three key sentences, the flag sentences, and the line shown
     when there is no flag."""
     return {
-        "transfer": list((metrics.get("transfer") or {}).get("warnings") or []),
+        "transfer": _transfer_boxes(metrics),
         "points": [_headline(metrics), _operating_point(metrics), _calibration_sentence(metrics)],
         "flags": _flag_sentences(metrics),
         "no_flags": _no_flag_line(metrics),
@@ -772,8 +788,9 @@ def _card_biases(metrics: Mapping[str, Any]) -> list[str]:
              for flag in bias.get("flags") or []]
     if not lines:
         comparisons = fmt(bias.get("comparisons"))
-        lines = [(f"- None detected in {comparisons} comparisons (Holm's procedure: at most a 5 % chance of any false "
-                  "flag); absence of a flag is not evidence of fairness: small groups are not tested.")]
+        lines = [(f"- None detected in {comparisons} comparisons (Holm's procedure: at most a {_family_error(bias)} "
+                  "chance of any false flag); absence of a flag is not evidence of fairness: small groups are not "
+                  "tested.")]
     attributes = ", ".join(md(a) for a in bias.get("attributes") or []) or "none"
     lines.append(f"- Attributes checked: {attributes}.")
     lines += [f"- Not checked: {md(name)}: {md(reason)}." for name, reason in (bias.get("skipped") or {}).items()]

@@ -1,7 +1,8 @@
 """Classification metrics fast enough to be recomputed inside a bootstrap.
 
-A report with 95 % intervals recomputes every metric on 1,000 resamples of every split and of
-every subgroup: some 10^4 to 10^5 calls. scikit-learn's ``roc_auc_score`` and
+A bootstrap interval (the report's for average precision, the ECEs and F1) recomputes its metric
+on 1,000 resamples of every split and of every subgroup, and the subgroup comparisons score
+every group: some 10^4 to 10^5 calls. scikit-learn's ``roc_auc_score`` and
 ``average_precision_score`` validate their inputs on each call (about 2.5 and 1.3 ms on the
 2-core development machine for 150 images), which alone would add minutes to every training
 run. The functions here compute the same quantities directly (the AUROC as the Mann-Whitney

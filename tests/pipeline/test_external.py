@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,21 @@ def test_evaluate_writes_every_output_with_the_runs_calibration(run, other_site,
     labels = [row["label"] for row in predictions]
     accuracy = np.mean([row["predicted"] == label for row, label in zip(predictions, labels, strict=True)])
     assert metrics["test"]["accuracy"] == pytest.approx(accuracy)
+
+
+def test_a_run_trained_before_the_transfer_statistics_says_which_checks_were_made(run, other_site, tmp_path):
+    """An older run's metrics.json lacks validation's clustered standard errors: the evaluation
+    still compares the AUROC and the rates' intervals and says the other checks were not made."""
+    assert "partial" not in evaluate_run(run, other_site.manifest, tmp_path / "now", bootstrap=0,
+                                         log=quiet).metrics["transfer"]
+    older = tmp_path / "older"
+    shutil.copytree(run, older)
+    metrics = json.loads((older / "metrics.json").read_text())
+    del metrics["val"]["transfer_statistics"]
+    (older / "metrics.json").write_text(json.dumps(metrics))
+    evaluated = evaluate_run(older, other_site.manifest, tmp_path / "then", bootstrap=0, log=quiet).metrics
+    assert evaluated["transfer"]["partial"] is True
+    assert any("trained by an earlier medxfer" in w and "were not made" in w for w in evaluated["warnings"])
 
 
 def test_unreadable_files_are_listed_and_the_rest_scored(run, other_site, tmp_path, capsys):

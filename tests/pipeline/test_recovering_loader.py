@@ -47,3 +47,18 @@ def test_only_the_files_being_read_when_workers_died_are_lost(workers):
 def test_without_workers_every_file_is_delivered_in_order():
     items = [item for batch in RecoveringLoader(Files, range(10), batch_size=3, workers=0) for item in batch]
     assert items == [(i, "ok") for i in range(10)]
+
+
+def test_a_dead_worker_is_off_pytorch_s_registry_before_the_next_batch_is_used():
+    """PyTorch's SIGCHLD handler raises the death of any worker still registered, in whatever runs
+    when some other child process exits. Once the lost file is reported, the failed loader must
+    be shut down, so that nothing outside the loop can be interrupted by that death."""
+    from torch.utils.data._utils.signal_handling import _error_if_any_worker_fails
+
+    before = signal.getsignal(signal.SIGCHLD)
+    for batch in RecoveringLoader(Files, range(20), batch_size=4, workers=1):
+        if any(status != "ok" for _, status in batch):
+            _error_if_any_worker_fails()  # raised "DataLoader worker (pid ...) is killed by signal" before
+        assert signal.getsignal(signal.SIGCHLD) is signal.SIG_DFL  # deaths are noticed inside the loop
+    after = signal.getsignal(signal.SIGCHLD)
+    assert after is before or (callable(after) and not callable(before))  # PyTorch's own, or what was there

@@ -449,14 +449,17 @@ def test_an_external_report_of_an_adabn_run_says_only_validation_was_scored_befo
 def test_transfer_warnings_head_the_summary_and_no_ok_box_is_shown(tmp_path):
     metrics = binary_metrics()
     metrics.update(kind="external validation", data_name="site-b")
-    warning = "The model does not rank the images at this site better than chance: AUROC 0.420."
-    metrics["transfer"] = {"compared_with": "validation split of the training run", "warnings": [warning]}
-    metrics["warnings"] = [warning]
+    chance = "The model cannot be shown to rank the images at this site better than chance: AUROC 0.560."
+    warning = "Sensitivity at this site is 0.345, against 0.792 on validation."
+    metrics["transfer"] = {"compared_with": "validation split of the training run", "warnings": [chance, warning],
+                           "kinds": ["not shown better than chance", "does not transfer"]}
+    metrics["warnings"] = [chance, warning]
     metrics["bias"]["flags"] = []
     metrics["overfitting"]["flag"] = False
     page = Page(_write(tmp_path, metrics)).visible
-    assert page.index("Does not transfer") < page.index("External test AUROC for PNEUMONIA")
-    assert page.count(warning) == 1 and "No flags" not in page
+    assert page.index("Not shown to work here") < page.index(chance) < page.index("Does not transfer") \
+        < page.index(warning) < page.index("External test AUROC for PNEUMONIA")
+    assert page.count(warning) == 1 and page.count(chance) == 1 and "No flags" not in page
 
 
 def test_the_comparisons_nearest_a_flag_are_listed_with_both_p_values(tmp_path):

@@ -22,6 +22,7 @@ from medxfer.pipeline.intervals import (
 )
 from medxfer.pipeline.scoring import binary_auroc, ranking_scores
 from medxfer.pipeline.simulation import separation_for, simulate_test_set
+from medxfer.pipeline.transfer import transfer_warnings
 
 CLASSES = ("normal", "opacity")
 INTERSECTIONS = ("sex x age_band", "view x site")
@@ -51,6 +52,24 @@ def test_null_reports_carry_a_flag_at_most_1_time_in_20():
         comparisons.append(bias["comparisons"])
     assert np.mean(comparisons) > 60  # the family is large: without control most reports would carry a flag
     assert flagged / 200 <= 0.05
+
+
+def test_null_reports_at_a_prevalence_of_10_percent_carry_a_flag_at_most_1_time_in_20():
+    """A rare label (about 10 positive patients of 100) makes small groups all-negative by chance;
+    a prevalence test needs 5 patients of the rarer class expected on each side before it is made."""
+    rng = np.random.default_rng(2027)
+    flagged = sum(bool(report(simulate_test_set(rng, patients=100, images_per_patient=(1, 2), prevalence=0.1))
+                       ["bias"]["flags"]) for _ in range(200))
+    assert flagged / 200 <= 0.05
+
+
+def test_a_site_that_holds_only_one_class_is_flagged_as_confounded():
+    """30 patients of one site all normal, 30 of the others all with opacity: a Wald test has no
+    spread to measure there, the score test still rejects."""
+    s = simulate_test_set(np.random.default_rng(4), patients=60, group_patients=30, group_prevalence=0.0,
+                          rest_prevalence=1.0)
+    flags = report(s)["bias"]["flags"]
+    assert any(f["attribute"] == "site" and f["metric"] == "confounding" for f in flags), flags
 
 
 @pytest.mark.parametrize(("planted", "patients"), [
@@ -90,6 +109,33 @@ def test_95_percent_intervals_cover_at_least_93_percent_on_small_clustered_sets(
     """About 60 images of 24 patients, or 300 of 120, one to four correlated images each."""
     result = coverage(patients, auroc, reps=800, seed=patients * 10 + int(auroc * 10))
     assert min(result.values()) >= 0.93, result
+
+
+@pytest.mark.parametrize(("patients", "auroc", "prevalence"), [(24, 0.85, 0.4), (120, 0.85, 0.4), (120, 0.85, 0.1)])
+def test_the_report_s_accuracy_and_balanced_accuracy_intervals_cover_at_least_93_percent(patients, auroc, prevalence):
+    """The intervals as ``evaluate`` writes them, for every checked figure; at 10 % prevalence
+    about 12 positive patients of 120."""
+    rng = np.random.default_rng(patients + int(100 * prevalence))
+    reps, hits = (500 if patients < 100 else 300), {}  # the small sets are quick: more of them
+    for _ in range(reps):
+        s = simulate_test_set(rng, patients=patients, auroc=auroc, prevalence=prevalence)
+        ci = report(s)["test"]["ci"]
+        share = float(np.mean(s.labels))  # accuracy given the labels drawn
+        for name, truth in (("auroc", s.auroc), ("sensitivity", s.sensitivity), ("specificity", s.specificity),
+                            ("accuracy", s.sensitivity * share + s.specificity * (1 - share)),
+                            ("balanced_accuracy", (s.sensitivity + s.specificity) / 2)):
+            hits[name] = hits.get(name, 0) + int(ci[name] is not None and ci[name][0] <= truth <= ci[name][1])
+    result = {name: count / reps for name, count in hits.items()}
+    assert min(result.values()) >= 0.93, result
+
+
+def test_a_balanced_accuracy_interval_holds_its_estimate_when_every_image_is_called_negative():
+    s = simulate_test_set(np.random.default_rng(9), patients=30)
+    metrics = evaluate(CLASSES, {"test": SplitInputs(s.labels, s.logits, s.patients)},
+                       EvaluationSettings(bootstrap=0), evaluator=fixed_evaluator(0.9999)).metrics["test"]
+    assert metrics["sensitivity"] == 0.0 and metrics["balanced_accuracy"] == pytest.approx(0.5)
+    low, high = metrics["ci"]["balanced_accuracy"]
+    assert low < 0.5 < high and "MOVER" in metrics["ci_method"]["balanced_accuracy"]
 
 
 def test_the_report_shows_the_intervals_whose_coverage_is_checked():
@@ -147,6 +193,20 @@ def test_a_validation_split_classified_without_error_keeps_t_1_and_a_bound_is_re
     logits[0] = logits[0][::-1]
     bound = Evaluator(CLASSES, EvaluationSettings(bootstrap=0)).fit(SplitInputs(labels, logits))
     assert "reached its lower bound" in bound.calibration_note_
+    assert bound.calibrator_.method == "none"  # not applied: the network's own probabilities
+
+
+def test_vector_scaling_on_a_two_class_split_a_threshold_separates_falls_back_to_temperature():
+    """The argmax errs (so a temperature has an optimum) but a threshold separates the classes: the
+    vector's bias would run away, so temperature scaling is fitted and the note says why."""
+    rng = np.random.default_rng(12)
+    labels = np.repeat([0, 1], 30)
+    score = np.where(labels == 1, 2.0, -2.0) + rng.uniform(-1, 1, 60) + 1.5  # all positives above all negatives
+    logits = np.column_stack([np.zeros(60), score])
+    assert not np.array_equal(logits.argmax(1), labels)
+    fitted = Evaluator(CLASSES, EvaluationSettings(bootstrap=0, calibration="vector")).fit(SplitInputs(labels, logits))
+    assert fitted.calibrator_.method == "temperature" and "temperature scaling was fitted instead" in \
+        fitted.calibration_note_
 
 
 def test_positive_class_ece_is_the_gap_of_one_class_s_probability():
@@ -165,7 +225,7 @@ def test_a_model_that_does_not_transfer_is_warned_about_before_any_figure():
     positive there; the warnings name each figure and come first."""
     rng = np.random.default_rng(8)
     val = simulate_test_set(rng, patients=80, auroc=0.9, prevalence=0.5)
-    collapsed = simulate_test_set(rng, patients=120, auroc=0.4, prevalence=0.5)
+    collapsed = simulate_test_set(rng, patients=120, auroc=0.3, prevalence=0.5)
     logits = collapsed.logits.copy()
     logits[:, 1] += 4.0  # the new site's images all score high
     metrics = evaluate(CLASSES, {"val": SplitInputs(val.labels, val.logits, val.patients),
@@ -173,9 +233,39 @@ def test_a_model_that_does_not_transfer_is_warned_about_before_any_figure():
                        EvaluationSettings(bootstrap=0, calibration="none")).metrics
     warnings = metrics["transfer"]["warnings"]
     assert warnings and metrics["warnings"][:len(warnings)] == warnings
-    assert "does not rank the images on the test set better than chance" in warnings[0]
+    assert "ranks the images on the test set worse than chance" in warnings[0]
+    assert metrics["transfer"]["kinds"][0] == "does not transfer"
     assert any("calls" in w and "opacity, while" in w for w in warnings)
     assert any(w.startswith("Specificity on the test set is") for w in warnings)
+
+
+def test_a_test_split_drawn_like_validation_is_rarely_warned_about_and_a_moved_one_is():
+    """Validation of 80 patients, test of 120, the same model: at most 5 % of 100 such test splits
+    get a transfer warning; with the scores one logit higher (the threshold no longer fits) at
+    least 80 % do."""
+    rng = np.random.default_rng(31)
+
+    def warned(shift: float) -> bool:
+        val, test = simulate_test_set(rng, patients=80), simulate_test_set(rng, patients=120)
+        logits = test.logits + np.array([0.0, shift])
+        metrics = evaluate(CLASSES, {"val": SplitInputs(val.labels, val.logits, val.patients),
+                                     "test": SplitInputs(test.labels, logits, test.patients)},
+                           EvaluationSettings(bootstrap=0)).metrics
+        return bool(metrics["transfer"]["warnings"])
+
+    assert sum(warned(0.0) for _ in range(100)) <= 5
+    assert sum(warned(1.0) for _ in range(50)) >= 40
+
+
+def test_without_validation_s_statistics_rates_are_compared_by_their_intervals():
+    """A run trained before the statistics were recorded: two 95 % intervals that do not overlap
+    (and differ by the margin) give the warning; overlapping ones do not."""
+    validation = {"sensitivity": 0.792, "ci": {"sensitivity": [0.652, 0.885]}}
+    collapsed = {"n": 138, "counts": {"tb": 58}, "sensitivity": 0.345, "ci": {"sensitivity": [0.233, 0.477]}}
+    warnings, kinds = transfer_warnings(collapsed, validation, positive="tb", where="at this site")
+    assert kinds == ["does not transfer"] and warnings[0].startswith("Sensitivity at this site is 0.345")
+    near = {**collapsed, "sensitivity": 0.60, "ci": {"sensitivity": [0.47, 0.72]}}
+    assert transfer_warnings(near, validation, positive="tb", where="at this site") == ([], [])
 
 
 def test_holm_adjusted_p_values_step_down_and_never_fall():
