@@ -22,7 +22,7 @@ Every rate the README states in "How far to trust the numbers" comes from this s
 Every simulation calls the code the report runs (``medxfer.pipeline.evaluation.evaluate``,
 ``comparisons``, ``intervals``, ``Evaluator``) on sets from ``medxfer.pipeline.simulation``.
 
-    .venv/bin/python benchmarks/statistics.py                # the README's figures (about 30 min on 2 cores)
+    .venv/bin/python benchmarks/statistics.py                # the README's figures (about 55 min on 2 cores)
     .venv/bin/python benchmarks/statistics.py --quick        # a tenth of the repetitions
 """
 
@@ -85,14 +85,16 @@ def null_rate(reps: int, seed: int, patients: int, intersections: tuple[str, ...
     return flagged / reps, float(np.mean(comparisons))
 
 
-def power(reps: int, seed: int, intersections: tuple[str, ...], **planted) -> float:
-    """Share of reports that flag the planted site."""
+def power(reps: int, seed: int, intersections: tuple[str, ...], **planted) -> tuple[float, float]:
+    """Share of reports that flag the planted site (any flag), and that flag its AUROC."""
     rng = np.random.default_rng(seed)
-    hits = 0
+    hits = auroc_hits = 0
     for _ in range(reps):
         flags = report(simulate_test_set(rng, **planted), intersections)["bias"]["flags"]
-        hits += any(f["attribute"] == "site" and (f["group"] in (None, "site-1")) for f in flags)
-    return hits / reps
+        on_site = [f for f in flags if f["attribute"] == "site" and f["group"] in (None, "site-1")]
+        hits += bool(on_site)
+        auroc_hits += any(f["metric"] == "auroc" for f in on_site)
+    return hits / reps, auroc_hits / reps
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -126,10 +128,13 @@ def power_section(scale: float) -> None:
     ):
         for group, patients in ((60, 150), (60, 300), (100, 250)):
             for intersections in ((), INTERSECTIONS):
-                rate = power(reps, group + patients, intersections, patients=patients, group_patients=group, **planted)
-                rows.append([label, f"{group} of {patients}", "two" if intersections else "none", f"{rate:.3f}"])
+                rate, auroc_rate = power(reps, group + patients, intersections, patients=patients,
+                                         group_patients=group, **planted)
+                rows.append([label, f"{group} of {patients}", "two" if intersections else "none", f"{rate:.3f}",
+                             f"{auroc_rate:.3f}"])
     _table(f"Planted gaps ({reps} reports each): share flagging the planted site",
-           ["planted", "site patients of all", "intersections", "power"], rows)
+           ["planted", "site patients of all", "intersections", "power (any flag on the site)",
+            "AUROC flag on the site"], rows)
 
 
 def _coverage(reps: int, seed: int, patients: int, auroc: float, prevalence: float,
@@ -222,12 +227,15 @@ def threshold_section(scale: float) -> None:
             ["midpoint of the gap, logit scale (now)", f"{np.mean(middle):.3f}", f"{np.quantile(middle, 0.05):.3f}"]])
 
 
-def _transfer_rate(reps: int, seed: int, shift: float, auroc: float) -> tuple[float, float]:
+def _transfer_rate(reps: int, seed: int, shift: float, auroc: float) -> tuple[float, float, float, float]:
     """Share of test splits with any transfer warning, and with one about the operating point,
     when validation (80 patients) and test (120) come from one model; the test split's scores
-    moved by ``shift`` (logit units) and its AUROC ``auroc`` (validation's 0.85)."""
+    moved by ``shift`` (logit units) and its AUROC ``auroc`` (validation's 0.85). Also the mean
+    of validation's sensitivity and specificity minus the test split's (the optimism of a
+    threshold chosen on validation, when nothing moved)."""
     rng = np.random.default_rng(seed)
     warned = moved = 0
+    optimism = []
     for _ in range(reps):
         val = simulate_test_set(rng, patients=80, auroc=0.85)
         test = simulate_test_set(rng, patients=120, auroc=auroc)
@@ -239,7 +247,9 @@ def _transfer_rate(reps: int, seed: int, shift: float, auroc: float) -> tuple[fl
         warnings = metrics["transfer"]["warnings"]
         warned += bool(warnings)
         moved += any(w.startswith(("The model calls", "Sensitivity", "Specificity")) for w in warnings)
-    return warned / reps, moved / reps
+        optimism.append([metrics["val"][m] - metrics["test"][m] for m in ("sensitivity", "specificity")])
+    sensitivity, specificity = np.mean(optimism, axis=0)
+    return warned / reps, moved / reps, float(sensitivity), float(specificity)
 
 
 def transfer_section(scale: float) -> None:
@@ -248,11 +258,12 @@ def transfer_section(scale: float) -> None:
     for label, shift, auroc in (("same model, same distribution (null)", 0.0, 0.85),
                                 ("scores 0.5 logit higher", 0.5, 0.85), ("scores 1 logit higher", 1.0, 0.85),
                                 ("AUROC 0.60, no shift", 0.0, 0.6), ("AUROC 0.50, no shift", 0.0, 0.5)):
-        warned, moved = _transfer_rate(reps, int(10 * shift + 100 * auroc), shift, auroc)
-        rows.append([label, f"{warned:.3f}", f"{moved:.3f}"])
+        warned, moved, sensitivity, specificity = _transfer_rate(reps, int(10 * shift + 100 * auroc), shift, auroc)
+        rows.append([label, f"{warned:.3f}", f"{moved:.3f}", f"{sensitivity:+.3f}", f"{specificity:+.3f}"])
     _table(f"Transfer warnings ({reps} pairs each: validation 80 patients, test 120, AUROC 0.85 on validation, "
            "temperature and threshold fitted on validation): share of test splits warned about",
-           ["test split", "any warning", "operating-point warning"], rows)
+           ["test split", "any warning", "operating-point warning", "validation minus test: sensitivity",
+            "specificity"], rows)
 
 
 def _three_class(rng: np.random.Generator, n: int, scale: float) -> tuple[np.ndarray, np.ndarray]:

@@ -297,8 +297,9 @@ def _fit_calibration(method: str, val: SplitInputs) -> tuple[Any, str | None]:
     finite optimum: probabilities pushed to 0 and 1; measured in benchmarks/statistics.py, the
     network's own probabilities do better on new images); vector scaling on a two-class split some
     threshold separates, or ending on a bound (its bias runs away): temperature scaling instead,
-    under the same rules. A temperature on its upper bound (20: probabilities flattened towards
-    the class shares) is applied, with the note."""
+    under the same rules. A temperature on its upper bound (20: every probability flattened
+    towards 1/K, 0.5 for two classes: validation says the scores carry little information, and
+    probabilities near 1/K say so too) is applied, with the note."""
     notes: list[str] = []
     if method != "none" and len(np.unique(val.labels)) < 2:
         return make_calibrator("none").fit(val.logits, val.labels), (
@@ -681,9 +682,11 @@ class _SplitScorer:
         that is."""
         everything, patients = self.everything, self.patients
 
-        def statistic(estimate: Estimate) -> list[float]:
+        def statistic(estimate: Estimate) -> list[float] | None:
             variance = clustered_variance(estimate.influence, patients)
-            return [estimate.value, math.sqrt(variance) if variance > 0 else 0.0, estimate.df]
+            if not math.isfinite(variance):  # one patient: no spread can be measured, nothing to test
+                return None
+            return [estimate.value, math.sqrt(max(variance, 0.0)), estimate.df]
 
         top = self.probabilities.argmax(1)
         confidence = self.probabilities[np.arange(len(top)), top]
@@ -699,7 +702,7 @@ class _SplitScorer:
                     df = self.groups.estimate(metric, everything).df
                     stats[metric] = [result[metric], (interval[1] - interval[0]) / (2 * float(
                         stdtrit(df, (1 + self.settings.level) / 2))), df]
-        return stats
+        return {name: value for name, value in stats.items() if value is not None}
 
     def _share_interval(self, i: int, j: int) -> list[float] | None:
         """The interval of the share of class ``i``'s images predicted as ``j``."""
@@ -825,14 +828,24 @@ class _SplitScorer:
             if value is None or not other.any():
                 entry[key][metric] = entry[f"{key}_ci"][metric] = None
                 continue
-            if metric == "prevalence":
-                test = compare_proportions(self.labels == self.positive, member, other, self.patients,
+            proportion = metric == "prevalence" or (metric in ("sensitivity", "specificity")
+                                                    and self.positive is not None)
+            if proportion:
+                # against the whole split, which holds the group: the whole's rate is the group's and
+                # the other images' weighted by their counted images, so group - whole = (the others'
+                # share) x (group - others), and that interval, so scaled, is the paired one
+                if metric == "prevalence":
+                    success, counted = self.labels == self.positive, self.everything
+                else:
+                    c = self.positive if metric == "sensitivity" else 1 - self.positive
+                    success, counted = self.predicted == c, self.labels == c
+                others = (self.everything & ~member) if key == "gap" else rest
+                test = compare_proportions(success, member & counted, others & counted, self.patients,
                                            level=self.settings.level)
-            elif metric in ("sensitivity", "specificity") and self.positive is not None:
-                c = self.positive if metric == "sensitivity" else 1 - self.positive
-                of_class = self.labels == c
-                test = compare_proportions(self.predicted == c, member & of_class, other & of_class, self.patients,
-                                           level=self.settings.level)
+                if key == "gap" and test is not None:
+                    share = (others & counted).sum() / (self.everything & counted).sum()
+                    test = replace(test, difference=share * test.difference, low=share * test.low,
+                                   high=share * test.high)
             else:
                 test = compare(self.estimate(metric, member), self.estimate(metric, other), self.patients,
                                level=self.settings.level)

@@ -23,10 +23,14 @@ from typing import Any, Self
 
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data._utils import signal_handling
 
 WORKER_DIED = ("the decoding process died while reading this file (killed, most often for lack of memory: "
                "see --max-pixels; or a crash in a decoder)")
 _PIDS = re.compile(r"pid(?:\(s\))? ([\d, ]+)")
+# PyTorch's messages for a worker that died: "exited unexpectedly" (noticed by the loader), "is killed by
+# signal" / "exited unexpectedly with exit code" (raised by its SIGCHLD handler)
+_DEATH = re.compile(r"DataLoader worker \(pid.*(exited unexpectedly|killed by signal)")
 
 
 class InFlight:
@@ -63,14 +67,21 @@ class _DeathsNoticedByTheLoader:
     moment (the network's forward pass, say), outside the loop over batches, where it cannot be
     told apart or recovered. While a ``RecoveringLoader`` runs, SIGCHLD keeps its default
     disposition instead: the DataLoader then notices the death itself the next time it waits for
-    a batch (it checks its workers every 5 seconds) and raises there, inside the loop. PyTorch
-    installs its handler when a process starts its first loader's workers: ``after_start``
-    takes it back to the default and keeps PyTorch's to restore on exit. Only the main thread may
-    change a signal handler; elsewhere nothing changes."""
+    a batch (it checks its workers every 5 seconds) and raises there, inside the loop.
+
+    PyTorch installs its handler once a process, when the first loader starts its workers,
+    chained to the handler that was there. It is installed here first, so that no loader can
+    install it mid-run, and it is what is restored on exit (still chained to any handler of the
+    caller's). Where PyTorch lacks that function, ``after_start`` takes a handler installed by a
+    loader back to the default. Only the main thread may change a signal handler; elsewhere
+    nothing changes."""
 
     def __enter__(self) -> Self:
         self.active = threading.current_thread() is threading.main_thread()
         if self.active:
+            install = getattr(signal_handling, "_set_SIGCHLD_handler", None)  # not public; present since 0.4
+            if install is not None:
+                install()
             self.previous = signal.getsignal(signal.SIGCHLD)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         return self
@@ -127,8 +138,8 @@ class RecoveringLoader:
                         yield batch
                     return
                 except RuntimeError as exc:
-                    if in_flight is None:
-                        raise
+                    if in_flight is None or not _DEATH.search(str(exc)):
+                        raise  # not a worker's death (decoding errors are items): nothing to recover
                     # a new exception: the frames of PyTorch's (and of its cause) would keep the failed
                     # loader alive, and with it the dead worker's process id in PyTorch's SIGCHLD
                     # registry, whose handler would then raise that death in whatever runs next

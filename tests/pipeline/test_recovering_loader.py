@@ -55,10 +55,23 @@ def test_a_dead_worker_is_off_pytorch_s_registry_before_the_next_batch_is_used()
     be shut down, so that nothing outside the loop can be interrupted by that death."""
     from torch.utils.data._utils.signal_handling import _error_if_any_worker_fails
 
-    before = signal.getsignal(signal.SIGCHLD)
-    for batch in RecoveringLoader(Files, range(20), batch_size=4, workers=1):
-        if any(status != "ok" for _, status in batch):
-            _error_if_any_worker_fails()  # raised "DataLoader worker (pid ...) is killed by signal" before
-        assert signal.getsignal(signal.SIGCHLD) is signal.SIG_DFL  # deaths are noticed inside the loop
-    after = signal.getsignal(signal.SIGCHLD)
-    assert after is before or (callable(after) and not callable(before))  # PyTorch's own, or what was there
+    seen = []
+    before = signal.signal(signal.SIGCHLD, lambda *_: seen.append("caller's handler"))
+    try:
+        for batch in RecoveringLoader(Files, range(20), batch_size=4, workers=1):
+            if any(status != "ok" for _, status in batch):
+                _error_if_any_worker_fails()  # raised "DataLoader worker (pid ...) is killed by signal" before
+            assert signal.getsignal(signal.SIGCHLD) is signal.SIG_DFL  # deaths are noticed inside the loop
+        os.kill(os.getpid(), signal.SIGCHLD)  # the caller's handler is back (PyTorch's may run first)
+        assert seen == ["caller's handler"]
+    finally:
+        signal.signal(signal.SIGCHLD, before)
+
+
+def test_an_error_that_is_not_a_worker_s_death_is_raised_as_it_is():
+    class Failing(Files):
+        def __getitem__(self, position):
+            raise RuntimeError("can't allocate memory")  # what PyTorch raises for a tensor too large
+
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        list(RecoveringLoader(Failing, range(8), batch_size=4, workers=1))

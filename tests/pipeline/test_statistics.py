@@ -152,6 +152,20 @@ def test_the_report_shows_the_intervals_whose_coverage_is_checked():
     assert metrics["subgroups"]["sex"]["F"]["ci"]["sensitivity"] == pytest.approx([interval.low, interval.high])
 
 
+def test_a_rate_s_gap_to_the_whole_split_is_its_gap_to_the_rest_scaled_by_the_rest_s_share():
+    """The whole split holds the group: group - whole = (rest's share) x (group - rest), for the
+    point and for the interval (not an interval of two independent samples, which would be about
+    twice as wide when the group is half the split)."""
+    s = simulate_test_set(np.random.default_rng(14), patients=100)
+    entry = report(s)["test"]["subgroups"]["sex"]["F"]
+    female = np.array([m["sex"] == "F" for m in s.meta])
+    for metric, counted in (("prevalence", np.ones_like(female)), ("sensitivity", s.labels == 1),
+                            ("specificity", s.labels == 0)):
+        share = (~female & counted).sum() / counted.sum()
+        assert entry["gap"][metric] == pytest.approx(share * entry["gap_rest"][metric])
+        assert entry["gap_ci"][metric] == pytest.approx([share * bound for bound in entry["gap_rest_ci"][metric]])
+
+
 def test_the_threshold_sits_mid_gap_on_a_separated_validation_split_and_finds_more_new_positives():
     """20 + 20 validation images that the model separates: at the midpoint of the gap the
     threshold finds more new positives than at the lowest validation positive (the edge)."""
@@ -257,11 +271,13 @@ def test_a_test_split_drawn_like_validation_is_rarely_warned_about_and_a_moved_o
     assert sum(warned(1.0) for _ in range(50)) >= 40
 
 
-def test_without_validation_s_statistics_rates_are_compared_by_their_intervals():
-    """A run trained before the statistics were recorded: two 95 % intervals that do not overlap
-    (and differ by the margin) give the warning; overlapping ones do not."""
-    validation = {"sensitivity": 0.792, "ci": {"sensitivity": [0.652, 0.885]}}
-    collapsed = {"n": 138, "counts": {"tb": 58}, "sensitivity": 0.345, "ci": {"sensitivity": [0.233, 0.477]}}
+def test_without_recorded_statistics_rates_are_tested_with_errors_read_back_from_their_intervals():
+    """A run trained before the statistics were recorded: the standard errors are read back from
+    the 95 % intervals and the same test is made (the Shenzhen-Montgomery case warns; a drop of
+    0.19 with intervals that overlap, p about 0.03, does not)."""
+    validation = {"n_patients": 95, "sensitivity": 0.792, "ci": {"sensitivity": [0.652, 0.885]}}
+    collapsed = {"n": 138, "n_patients": 138, "counts": {"tb": 58}, "sensitivity": 0.345,
+                 "ci": {"sensitivity": [0.233, 0.477]}}
     warnings, kinds = transfer_warnings(collapsed, validation, positive="tb", where="at this site")
     assert kinds == ["does not transfer"] and warnings[0].startswith("Sensitivity at this site is 0.345")
     near = {**collapsed, "sensitivity": 0.60, "ci": {"sensitivity": [0.47, 0.72]}}
