@@ -683,8 +683,10 @@ class _SplitScorer:
         everything, patients = self.everything, self.patients
 
         def statistic(estimate: Estimate) -> list[float] | None:
+            if not np.any(estimate.influence):  # every image alike (all called right, say): no spread seen
+                return [estimate.value, 0.0, estimate.df]
             variance = clustered_variance(estimate.influence, patients)
-            if not math.isfinite(variance):  # one patient: no spread can be measured, nothing to test
+            if not math.isfinite(variance):  # the spread rests on one patient: it cannot be measured
                 return None
             return [estimate.value, math.sqrt(max(variance, 0.0)), estimate.df]
 

@@ -284,6 +284,21 @@ def test_without_recorded_statistics_rates_are_tested_with_errors_read_back_from
     assert transfer_warnings(near, validation, positive="tb", where="at this site") == ([], [])
 
 
+def test_a_validation_split_called_without_error_still_anchors_the_called_share_check():
+    """Every validation image called right: the share called minus the share positive is 0 on
+    every image (no spread seen, recorded as exact), and a test split where nearly every image is
+    called positive is still warned about."""
+    rng = np.random.default_rng(17)
+    val = simulate_test_set(rng, patients=30, auroc=0.9999, prevalence=0.5, images_per_patient=(1, 1))
+    test = simulate_test_set(rng, patients=80, prevalence=0.5)
+    metrics = evaluate(CLASSES, {"val": SplitInputs(val.labels, val.logits, val.patients),
+                                 "test": SplitInputs(test.labels, test.logits + np.array([0.0, 4.0]), test.patients)},
+                       EvaluationSettings(bootstrap=0, calibration="none")).metrics
+    assert metrics["val"]["accuracy"] == 1.0
+    assert metrics["val"]["transfer_statistics"]["called_minus_observed"][:2] == [0.0, 0.0]
+    assert any(w.startswith("The model calls") for w in metrics["transfer"]["warnings"])
+
+
 def test_holm_adjusted_p_values_step_down_and_never_fall():
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04, then made non-decreasing
     adjusted = holm_adjusted([0.01, 0.04, 0.03, 0.005])
