@@ -125,7 +125,7 @@ def _open(path: Path, *, header_only: bool, max_pixels: int | None = None) -> Da
             ds = pydicom.dcmread(
                 path, force=True, defer_size=_HEADER_DEFER_BYTES if header_only else None
             )
-    except Exception as exc:  # pydicom raises many types on malformed input; each becomes a reason
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input; each becomes a reason
         # Only the type: pydicom's messages quote element values, which can be identifying.
         raise UnreadableScanError(path, f"not a readable DICOM file ({type(exc).__name__})") from None
     for warning in caught:

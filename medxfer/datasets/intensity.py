@@ -12,11 +12,9 @@ A *window* says how raw values become [0, 1]:
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 
-Window = Union[str, tuple[float, float]]
+Window = str | tuple[float, float]
 
 PERCENTILE_RANGE = (0.5, 99.5)
 NAMED_WINDOWS = ("default", "minmax", "percentile")

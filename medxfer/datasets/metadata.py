@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
@@ -61,7 +62,7 @@ def parse_age(value: object) -> float | None:
                 years = float(text)
             except ValueError:
                 return None
-    if not 0.0 <= years <= 150.0 or years != years:
+    if math.isnan(years) or not 0.0 <= years <= 150.0:
         return None
     return round(years, 3)
 

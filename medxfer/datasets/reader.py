@@ -83,4 +83,4 @@ def read_header(path: str | Path, *, max_pixels: int | None = None) -> dict[str,
     return _guarded(path, lambda: read(path, max_pixels=max_pixels))
 
 
-__all__ = ["read_scan", "read_header", "Scan", "UnreadableScanError"]
+__all__ = ["Scan", "UnreadableScanError", "read_header", "read_scan"]

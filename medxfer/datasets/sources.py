@@ -165,7 +165,7 @@ def scan_headers(
             headers[path] = _probe(path, decode, max_pixels)
         except UnreadableScanError as exc:
             unreadable.append(UnreadableFile(path, exc.reason))
-        except Exception as exc:  # a bug or an exotic file must not end a scan of thousands
+        except Exception as exc:  # noqa: BLE001 - a bug or an exotic file must not end a scan of thousands
             unreadable.append(UnreadableFile(path, f"unexpected error: {type(exc).__name__}"))
     return headers, unreadable
 

@@ -390,7 +390,7 @@ def calibrator_from_dict(data: Mapping[str, Any]) -> _Calibrator:
     ``"scale"`` and ``"bias"`` need one number per class).
     """
     if not isinstance(data, Mapping):  # ValueError too: callers handle every bad calibration.json alike
-        raise ValueError(f"a calibration must be a dict, got {type(data).__name__}")  # noqa: TRY004
+        raise ValueError(f"a calibration must be a dict, got {type(data).__name__}")
     method = data.get("method")
     if method not in _CALIBRATORS:
         raise ValueError(f"unknown calibration method {method!r}: use one of {', '.join(_CALIBRATORS)}")

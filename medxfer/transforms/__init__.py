@@ -15,8 +15,24 @@ from medxfer.transforms.presets import (
 from medxfer.transforms.preview import preview_grid, write_preview
 
 __all__ = [
-    "AugmentedDataset", "EpochSampler", "augmented_loader", "derived_seed", "XrayPipeline", "FITS",
-    "IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "fit_image", "prepare_input", "PRESET_NAMES", "PRESETS",
-    "AugmentParams", "augmentation", "augmentation_from_config", "parse_override", "preset_table",
-    "preview_grid", "write_preview",
+    "FITS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PRESETS",
+    "PRESET_NAMES",
+    "AugmentParams",
+    "AugmentedDataset",
+    "EpochSampler",
+    "InputSpec",
+    "XrayPipeline",
+    "augmentation",
+    "augmentation_from_config",
+    "augmented_loader",
+    "derived_seed",
+    "fit_image",
+    "parse_override",
+    "prepare_input",
+    "preset_table",
+    "preview_grid",
+    "write_preview",
 ]

@@ -284,7 +284,7 @@ def test_preambleless_dicom_is_recognised_from_its_content(tmp_path):
 
 @pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "RG1_J2KR.dcm"])
 def test_truncated_file_is_refused_by_header_and_full_read(tmp_path, name):
-    content = open(data(name), "rb").read()
+    content = Path(data(name)).read_bytes()
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(content[: len(content) // 2])
     with pytest.raises(UnreadableScanError, match="truncated"):
@@ -303,7 +303,7 @@ def test_missing_decoder_is_named_with_how_to_install_one(monkeypatch):
 
 
 def test_corrupt_rle_stream_is_refused_with_a_reason_not_a_crash(tmp_path):
-    content = bytearray(open(data("MR_small_RLE.dcm"), "rb").read())
+    content = bytearray(Path(data("MR_small_RLE.dcm")).read_bytes())
     start = len(content) - 3000
     content[start:start + 1000] = b"\x00" * 1000  # makes the RLE decoder panic
     broken = tmp_path / "broken.dcm"
@@ -356,7 +356,7 @@ def test_invalid_identifier_values_do_not_leak_through_pydicom_warnings(tmp_path
 
 def test_malformed_files_only_ever_raise_unreadable_scan_error(tmp_path, recwarn):
     for seed, name in enumerate(["MR_small.dcm", "MR_small_jp2klossless.dcm", "emri_small_RLE.dcm"]):
-        raw = open(data(name), "rb").read()
+        raw = Path(data(name)).read_bytes()
         variants = [v[:128] + b"DICM" + v[132:] for v in mutations(raw, seed, count=40)]  # keep the magic
         assert_fails_cleanly([read_header, read_scan], tmp_path / "fuzz.dcm", variants, name)
 

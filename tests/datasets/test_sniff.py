@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from medxfer.datasets.sniff import sniff_format
 
 def test_dicom_with_preamble_is_recognised_whatever_its_name(tmp_path):
     target = tmp_path / "scan.jpg"
-    target.write_bytes(open(get_testdata_file("MR_small.dcm"), "rb").read())
+    target.write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())
     assert sniff_format(target) == "dicom"
 
 

@@ -3,6 +3,7 @@ gradient reversal flips and scales gradients, DANN losses train both sides."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -292,7 +293,7 @@ def test_reversal_weight_ramp():
     assert dann_weight(0.5) == pytest.approx(0.98661, abs=1e-5)
     assert dann_weight(1.0) == pytest.approx(1.0, abs=1e-4) and dann_weight(1.0) < 1.0
     ramp = [dann_weight(p / 20) for p in range(21)]
-    assert all(a < b for a, b in zip(ramp, ramp[1:]))
+    assert all(a < b for a, b in itertools.pairwise(ramp))
     assert dann_weight(0.5, gamma=1.0) < dann_weight(0.5)
     for bad in (-0.01, 1.01):
         with pytest.raises(ValueError, match=r"progress must be in \[0, 1\]"):

@@ -21,7 +21,7 @@ from medxfer.pipeline.cli import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medxfer", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "medxfer", *args], capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture
@@ -34,13 +34,13 @@ def mixed_folder(tmp_path, cohort):
     shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
     shutil.copy(next((cohort.root / "images").rglob("*.dcm")), folder / "phantom.dcm")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "looks_like.dcm", format="PNG")  # wrong extension
-    content = open(get_testdata_file("RG1_UNCR.dcm"), "rb").read()
+    content = Path(get_testdata_file("RG1_UNCR.dcm")).read_bytes()
     broken = {
         "empty.dcm": b"",
         "truncated.dcm": content[: len(content) // 3],
         "random.dcm": np.random.default_rng(1).bytes(5000),
         "notes.txt": b"not an image\n",
-        "report.dcm": open(get_testdata_file("test-SR.dcm"), "rb").read(),
+        "report.dcm": Path(get_testdata_file("test-SR.dcm")).read_bytes(),
         "header_only.dcm": content[:600],
     }
     for name, data in broken.items():
@@ -75,7 +75,7 @@ def test_inspect_text_lists_unreadable_files_and_exits_zero(mixed_folder):
 
 
 def test_inspect_decode_finds_corrupt_pixel_data_that_headers_hide(tmp_path):
-    content = bytearray(open(get_testdata_file("MR_small_RLE.dcm"), "rb").read())
+    content = bytearray(Path(get_testdata_file("MR_small_RLE.dcm")).read_bytes())
     start = len(content) - 3000
     content[start:start + 1000] = b"\x00" * 1000
     (tmp_path / "corrupt.dcm").write_bytes(bytes(content))
@@ -121,7 +121,8 @@ def test_split_writes_splits_csv_with_every_file(cohort, tmp_path):
     out = tmp_path / "splits.csv"
     result = run("split", str(cohort.manifest), "--out", str(out), "--seed", "2")
     assert result.returncode == 0, result.stderr
-    rows = list(csv.DictReader(open(out, newline="")))
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == cohort.n_images
     assert {r["split"] for r in rows} == {"train", "val", "test"}
 
@@ -170,7 +171,7 @@ def test_missing_path_is_a_clear_error(tmp_path):
 
 def test_installed_console_script_runs():
     script = Path(sys.executable).parent / "medxfer"
-    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0 and "usage: medxfer" in result.stdout
 
 
@@ -195,7 +196,7 @@ def test_closed_pipe_ends_quietly(tmp_path):
     for i in range(3000):  # enough unreadable entries that the JSON overflows a pipe's buffer
         (tmp_path / f"junk{i:04d}.dcm").write_bytes(b"x")
     result = subprocess.run(f"{sys.executable} -m medxfer inspect {tmp_path} --json | head -1",
-                            shell=True, capture_output=True, text=True, timeout=120)
+                            shell=True, capture_output=True, text=True, timeout=120, check=False)
     assert result.stdout.strip() == "{"
     assert result.stderr == ""
 
@@ -203,7 +204,7 @@ def test_closed_pipe_ends_quietly(tmp_path):
 def test_bad_salt_is_one_clear_error(cohort):
     env = {**os.environ, "MEDXFER_SALT": "short"}
     result = subprocess.run([sys.executable, "-m", "medxfer", "inspect", str(cohort.root / "images")],
-                            capture_output=True, text=True, timeout=120, env=env)
+                            capture_output=True, text=True, timeout=120, env=env, check=False)
     assert result.returncode == 1
     assert "at least 16 are needed" in result.stderr and result.stdout == ""
 

@@ -530,12 +530,13 @@ def test_a_full_disk_during_the_merge_replaces_nothing_and_a_rerun_finishes(run,
 def test_ctrl_c_stops_with_a_message_and_the_rerun_finishes(run, scans, tmp_path):
     root, good = scans
     out = tmp_path / "p.csv"
-    command = [sys.executable, "-m", "medxfer", "predict", str(run), str(root), "--out", str(out),
-               "--workers", "0", "--batch-size", "2", "--chunk", "4"]
     # a shell without job control starts background jobs with SIGINT ignored, and Python keeps it
-    # ignored (as it should: nohup and & mean it): give the job the disposition a terminal gives it
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # ignored (as it should: nohup and & mean it): the job gets the handler a terminal gives it
+    start = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "from medxfer.pipeline.cli import main; sys.exit(main())")
+    command = [sys.executable, "-c", start, "predict", str(run), str(root), "--out", str(out),
+               "--workers", "0", "--batch-size", "2", "--chunk", "4"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     parts = tmp_path / "p.csv.parts"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(parts.glob("rank*.csv")) and process.poll() is None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -159,7 +161,7 @@ def test_clahe_raises_the_local_contrast_of_a_faint_pattern(clip_limit):
 def test_higher_clip_limit_gives_more_local_contrast():
     image = torch.from_numpy(faint_pattern_on_gradient()[None].astype(np.float32))
     contrasts = [local_contrast(clahe(image, clip)[0].numpy()) for clip in (0.005, 0.01, 0.02, 0.05)]
-    assert all(a < b for a, b in zip(contrasts, contrasts[1:])), contrasts
+    assert all(a < b for a, b in itertools.pairwise(contrasts)), contrasts
 
 
 def test_clahe_of_each_channel_equals_clahe_of_that_channel_alone():

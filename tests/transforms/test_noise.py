@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -45,7 +46,7 @@ def test_mean_stays_close_to_the_value(value):
 
 def test_more_photons_give_less_variance():
     variances = [noisy(uniform(0.5), photons).var() for photons in (300, 1000, 3000, 10000, 30000)]
-    assert all(a > b for a, b in zip(variances, variances[1:])), variances
+    assert all(a > b for a, b in itertools.pairwise(variances)), variances
 
 
 def test_dense_regions_get_more_noise_than_dark_ones():
