@@ -42,7 +42,7 @@ from medxfer.pipeline.calibration import (
     expected_calibration_error,
     negative_log_likelihood,
 )
-from medxfer.pipeline.evaluation import EvaluationSettings, Evaluator, SplitInputs, choose_threshold, evaluate
+from medxfer.pipeline.evaluation import EvaluationSettings, SplitInputs, choose_threshold, evaluate
 from medxfer.pipeline.intervals import (
     auroc_estimate,
     logit_interval,
@@ -51,24 +51,10 @@ from medxfer.pipeline.intervals import (
     wilson_interval,
 )
 from medxfer.pipeline.scoring import binary_auroc
-from medxfer.pipeline.simulation import SimulatedSet, simulate_test_set
+from medxfer.pipeline.simulation import CLASSES, SimulatedSet, simulate_test_set
+from medxfer.pipeline.simulation import simulated_report as report
 
-CLASSES = ("normal", "opacity")
 INTERSECTIONS = ("sex x age_band", "view x site")
-
-
-def fixed_evaluator(threshold: float) -> Evaluator:
-    """The model of a simulated set: no calibration, the given threshold on P(opacity)."""
-    return Evaluator.from_dict({"classes": list(CLASSES), "positive_class": "opacity",
-                                "calibration": {"method": "none", "n_classes": 2},
-                                "threshold": {"method": "youden", "value": threshold}})
-
-
-def report(s: SimulatedSet, intersections: tuple[str, ...] = ()) -> dict:
-    """The metrics of a simulated test set, as ``medxfer evaluate`` computes them."""
-    inputs = SplitInputs(s.labels, s.logits, s.patients, s.meta)
-    settings = EvaluationSettings(bootstrap=0, intersections=intersections)
-    return evaluate(CLASSES, {"test": inputs}, settings, evaluator=fixed_evaluator(s.threshold)).metrics
 
 
 def null_rate(reps: int, seed: int, patients: int, intersections: tuple[str, ...],

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, softmax, stdtrit
+from scipy.special import expit, softmax
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -70,6 +70,7 @@ from medxfer.pipeline.intervals import (
     mover_average,
     patient_codes,
     proportion_estimate,
+    standard_error_of,
     wilson_interval,
 )
 from medxfer.pipeline.scoring import (
@@ -702,8 +703,7 @@ class _SplitScorer:
                 interval = result["ci"].get(metric)
                 if result.get(metric) is not None and interval is not None:
                     df = self.groups.estimate(metric, everything).df
-                    stats[metric] = [result[metric], (interval[1] - interval[0]) / (2 * float(
-                        stdtrit(df, (1 + self.settings.level) / 2))), df]
+                    stats[metric] = [result[metric], standard_error_of(interval, df, self.settings.level), df]
         return {name: value for name, value in stats.items() if value is not None}
 
     def _share_interval(self, i: int, j: int) -> list[float] | None:

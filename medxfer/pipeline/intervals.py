@@ -244,6 +244,12 @@ def wilson_interval(estimate: Estimate, counted: np.ndarray, patients: np.ndarra
     return Interval(low, high, WILSON)
 
 
+def standard_error_of(interval: Sequence[float], df: int, level: float = 0.95) -> float:
+    """The standard error an interval symmetric on its scale was built with, read back from its
+    width (a Wilson interval is not symmetric: for it, a standard error of the same width)."""
+    return (interval[1] - interval[0]) / (2 * _quantile(level, df))
+
+
 def mover_average(values: Sequence[float], intervals: Sequence[Interval]) -> Interval:
     """The interval of the mean of independent estimates from their own intervals (MOVER, Zou and
     Donner 2008): each bound moves by the root of the summed squared distances of the components'
@@ -294,7 +300,7 @@ def compare(a: Estimate, b: Estimate, patients: np.ndarray, *, level: float = 0.
         return None
     se = math.sqrt(variance)
     statistic = (difference - null) / se
-    p_value = _p_value(statistic, df, side)
+    p_value = t_p_value(statistic, df, side)
     half = _quantile(level, df) * se
     return Comparison(difference, difference - half, difference + half, p_value, df)
 
@@ -324,7 +330,7 @@ def compare_proportions(success: np.ndarray, first: np.ndarray, second: np.ndarr
     variance = p0 * (1 - p0) * design * (1 / n1 + 1 / n2)
     df = min(a.df, b.df)
     difference = a.value - b.value
-    p_value = _p_value(difference / math.sqrt(variance), df, side)
+    p_value = t_p_value(difference / math.sqrt(variance), df, side)
     first_interval = wilson_interval(a, first, patients, level)
     second_interval = wilson_interval(b, second, patients, level)
     low = difference - math.hypot(a.value - first_interval.low, second_interval.high - b.value)
@@ -332,7 +338,7 @@ def compare_proportions(success: np.ndarray, first: np.ndarray, second: np.ndarr
     return Comparison(difference, low, high, p_value, df)
 
 
-def _p_value(statistic: float, df: int, side: str) -> float:
+def t_p_value(statistic: float, df: int, side: str = "two-sided") -> float:
     """The p-value of a t ``statistic`` (``scipy.special.stdtr``: Student's t distribution function)."""
     if side == "less":
         return float(stdtr(df, statistic))

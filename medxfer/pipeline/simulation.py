@@ -3,8 +3,9 @@
 A report's intervals and flags promise error rates ("95 %", "a false flag in at most 1 report in
 20") that hold only if the methods behave on sets like the user's: a few dozen patients, one to
 four correlated images each. ``simulate_test_set`` draws such a set with a known AUROC, known
-sensitivity at a fixed threshold and known subgroup structure, so that the rates can be counted
-(``benchmarks/statistics.py`` does, and the suite asserts them). Change the sizes to check a
+sensitivity at a fixed threshold and known subgroup structure, and ``simulated_report`` scores
+it as ``medxfer evaluate`` would, so that the rates can be counted (``benchmarks/statistics.py``
+does, and the suite asserts them). Change the sizes to check a
 design before collecting it: how wide will the interval be, how large a subgroup gap can be
 found.
 
@@ -22,6 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import norm
 
+from medxfer.pipeline.evaluation import EvaluationSettings, Evaluator, SplitInputs, evaluate
+
+CLASSES = ("normal", "opacity")  # class 1, the positive class, is the simulated finding
 SEXES = ("F", "M")
 AGE_BANDS = ("18-39", "40-64", "65+")
 SITES = ("site-1", "site-2", "site-3")
@@ -96,3 +100,18 @@ def simulate_test_set(rng: np.random.Generator, *, patients: int, auroc: float =
                         patients=[f"p{p}" for p in patient], meta=meta, auroc=auroc,
                         threshold=float(1 / (1 + np.exp(-cut))), sensitivity=float(norm.sf(cut - mu)),
                         specificity=float(norm.cdf(cut)), planted=planted)
+
+
+def simulated_evaluator(threshold: float) -> Evaluator:
+    """The decision rule of a simulated set: no calibration, ``threshold`` on P(opacity)."""
+    return Evaluator.from_dict({"classes": list(CLASSES), "positive_class": "opacity",
+                                "calibration": {"method": "none", "n_classes": 2},
+                                "threshold": {"method": "youden", "value": threshold}})
+
+
+def simulated_report(s: SimulatedSet, intersections: tuple[str, ...] = ()) -> dict:
+    """The metrics of a simulated test set as ``medxfer evaluate`` computes them, at the set's
+    own threshold, with ``intersections`` (e.g. ``("sex x age_band",)``) among the subgroups."""
+    inputs = SplitInputs(s.labels, s.logits, s.patients, s.meta)
+    settings = EvaluationSettings(bootstrap=0, intersections=intersections)
+    return evaluate(CLASSES, {"test": inputs}, settings, evaluator=simulated_evaluator(s.threshold)).metrics

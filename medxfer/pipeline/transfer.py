@@ -42,7 +42,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from scipy.special import stdtr, stdtrit
+from medxfer.pipeline.intervals import standard_error_of, t_p_value
 
 ALPHA = 0.01
 SHIFT_TESTS = 4  # called-minus-observed, sensitivity, specificity, confidence-minus-accuracy
@@ -61,7 +61,7 @@ def _differs(here: list[float] | None, there: list[float] | None, margin: float)
     se = math.hypot(se_a, se_b)
     if abs(a - b) < margin or not se > 0:
         return False
-    return 2 * stdtr(min(df_a, df_b), -abs(a - b) / se) < ALPHA / SHIFT_TESTS
+    return t_p_value((a - b) / se, min(df_a, df_b)) < ALPHA / SHIFT_TESTS
 
 
 def _interval(block: Mapping[str, Any], key: str) -> list[float] | None:
@@ -76,7 +76,7 @@ def _read_back(block: Mapping[str, Any], metric: str) -> list[float] | None:
     if interval is None or value is None or not patients or patients < 2:
         return None
     df = patients - 1
-    return [value, (interval[1] - interval[0]) / (2 * float(stdtrit(df, 0.975))), df]
+    return [value, standard_error_of(interval, df), df]
 
 
 def _rate_differs(held_out: Mapping[str, Any], validation: Mapping[str, Any], metric: str) -> bool:

@@ -21,23 +21,11 @@ from medxfer.pipeline.intervals import (
     wilson_interval,
 )
 from medxfer.pipeline.scoring import binary_auroc, ranking_scores
-from medxfer.pipeline.simulation import separation_for, simulate_test_set
+from medxfer.pipeline.simulation import CLASSES, separation_for, simulate_test_set, simulated_evaluator
+from medxfer.pipeline.simulation import simulated_report as report
 from medxfer.pipeline.transfer import transfer_warnings
 
-CLASSES = ("normal", "opacity")
 INTERSECTIONS = ("sex x age_band", "view x site")
-
-
-def fixed_evaluator(threshold: float) -> Evaluator:
-    return Evaluator.from_dict({"classes": list(CLASSES), "positive_class": "opacity",
-                                "calibration": {"method": "none", "n_classes": 2},
-                                "threshold": {"method": "youden", "value": threshold}})
-
-
-def report(s, intersections=()) -> dict:
-    inputs = SplitInputs(s.labels, s.logits, s.patients, s.meta)
-    settings = EvaluationSettings(bootstrap=0, intersections=intersections)
-    return evaluate(CLASSES, {"test": inputs}, settings, evaluator=fixed_evaluator(s.threshold)).metrics
 
 
 def test_null_reports_carry_a_flag_at_most_1_time_in_20():
@@ -132,7 +120,7 @@ def test_the_report_s_accuracy_and_balanced_accuracy_intervals_cover_at_least_93
 def test_a_balanced_accuracy_interval_holds_its_estimate_when_every_image_is_called_negative():
     s = simulate_test_set(np.random.default_rng(9), patients=30)
     metrics = evaluate(CLASSES, {"test": SplitInputs(s.labels, s.logits, s.patients)},
-                       EvaluationSettings(bootstrap=0), evaluator=fixed_evaluator(0.9999)).metrics["test"]
+                       EvaluationSettings(bootstrap=0), evaluator=simulated_evaluator(0.9999)).metrics["test"]
     assert metrics["sensitivity"] == 0.0 and metrics["balanced_accuracy"] == pytest.approx(0.5)
     low, high = metrics["ci"]["balanced_accuracy"]
     assert low < 0.5 < high and "MOVER" in metrics["ci_method"]["balanced_accuracy"]
