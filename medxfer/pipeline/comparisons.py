@@ -120,16 +120,30 @@ class GroupScorer:
     def estimate(self, metric: str, within: np.ndarray) -> Estimate:
         return getattr(self, metric)(within)
 
-    def test(self, metric: str, member: np.ndarray, rest: np.ndarray, level: float) -> Comparison | None:
-        """Whether ``metric`` is lower for ``member`` than for ``rest`` (one-sided): the score test
-        for a two-class sensitivity or specificity, else ``intervals.compare``."""
-        if self.positive is not None and metric in ("sensitivity", "specificity"):
+    def shares(self, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(success, counted): the images a figure that is a share of images counts as successes,
+        and those it counts (the prevalence; a two-class sensitivity or specificity); None for a
+        figure that is not such a share."""
+        if self.positive is None:
+            return None
+        if metric == "prevalence":
+            return self.labels == self.positive, np.ones(len(self.labels), bool)
+        if metric in ("sensitivity", "specificity"):
             c = self.positive if metric == "sensitivity" else 1 - self.positive
-            of_class = self.labels == c
-            return compare_proportions(self.predicted == c, member & of_class, rest & of_class, self.patients,
-                                       level=level, side="less")
+            return self.predicted == c, self.labels == c
+        return None
+
+    def test(self, metric: str, member: np.ndarray, rest: np.ndarray, level: float,
+             side: str = "less") -> Comparison | None:
+        """``metric`` of ``member`` against ``rest`` (by default one-sided: is the group's lower?):
+        the score test for a share of images (``shares``), else ``intervals.compare``."""
+        shares = self.shares(metric)
+        if shares is not None:
+            success, counted = shares
+            return compare_proportions(success, member & counted, rest & counted, self.patients, level=level,
+                                       side=side)
         return compare(self.estimate(metric, member), self.estimate(metric, rest), self.patients, level=level,
-                       side="less")
+                       side=side)
 
     def patients_of(self, mask: np.ndarray) -> int:
         return int(np.count_nonzero(np.bincount(self.patients[mask])))
@@ -174,8 +188,7 @@ def family(scorer: GroupScorer, groups: Mapping[str, Sequence[str]], level: floa
             if scorer.positive is None or (len(known) == 2 and number == 1):
                 continue
             if scorer.large_enough("prevalence", member) and scorer.large_enough("prevalence", rest):
-                test = compare_proportions(scorer.labels == scorer.positive, member, rest, scorer.patients,
-                                           level=level)
+                test = scorer.test("prevalence", member, rest, level, side="two-sided")
                 if test is not None:
                     hypotheses.append(Hypothesis("prevalence", attribute, group, "prevalence", test))
             if scorer.large_enough("auroc", member) and scorer.large_enough("auroc", rest):

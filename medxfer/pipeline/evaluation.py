@@ -63,7 +63,6 @@ from medxfer.pipeline.intervals import (
     average,
     clustered_variance,
     compare,
-    compare_proportions,
     logit_interval,
     mean_estimate,
     mean_interval,
@@ -830,22 +829,16 @@ class _SplitScorer:
             if value is None or not other.any():
                 entry[key][metric] = entry[f"{key}_ci"][metric] = None
                 continue
-            proportion = metric == "prevalence" or (metric in ("sensitivity", "specificity")
-                                                    and self.positive is not None)
-            if proportion:
+            shares = self.groups.shares(metric)
+            if shares is not None:
                 # against the whole split, which holds the group: the whole's rate is the group's and
                 # the other images' weighted by their counted images, so group - whole = (the others'
                 # share) x (group - others), and that interval, so scaled, is the paired one
-                if metric == "prevalence":
-                    success, counted = self.labels == self.positive, self.everything
-                else:
-                    c = self.positive if metric == "sensitivity" else 1 - self.positive
-                    success, counted = self.predicted == c, self.labels == c
-                others = (self.everything & ~member) if key == "gap" else rest
-                test = compare_proportions(success, member & counted, others & counted, self.patients,
-                                           level=self.settings.level)
+                others = ~member if key == "gap" else rest
+                test = self.groups.test(metric, member, others, self.settings.level, side="two-sided")
                 if key == "gap" and test is not None:
-                    share = (others & counted).sum() / (self.everything & counted).sum()
+                    counted = shares[1]
+                    share = (others & counted).sum() / counted.sum()
                     test = replace(test, difference=share * test.difference, low=share * test.low,
                                    high=share * test.high)
             else:
