@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from medxfer.datasets import phantom, read_scan
-from medxfer.pipeline.model import build_classifier
+from medxfer.pipeline.models.classifier import build_classifier
 from medxfer.transforms import PRESET_NAMES, InputSpec, XrayPipeline
 
 NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-pneumonia-256"

@@ -59,8 +59,8 @@ import torch
 import yaml
 
 from medxfer.datasets import assign_splits, load_labelled
-from medxfer.pipeline.config import load_config
-from medxfer.pipeline.training import train
+from medxfer.pipeline.runs.config import load_config
+from medxfer.pipeline.training.trainer import train
 
 NIH_MANIFEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-pneumonia-256" / "manifest.csv"
 ARMS = {

@@ -51,9 +51,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupShuffleSplit
 
 from medxfer.datasets import phantom, read_scan
-from medxfer.pipeline.adaptation import DomainClassifier, adapt_batchnorm, add_adapters, dann_losses, dann_weight
-from medxfer.pipeline.finetune import apply_strategy, parameter_groups
-from medxfer.pipeline.model import XrayClassifier, build_classifier
+from medxfer.pipeline.models.adaptation import DomainClassifier, adapt_batchnorm, add_adapters, dann_losses, dann_weight
+from medxfer.pipeline.models.classifier import XrayClassifier, build_classifier
+from medxfer.pipeline.models.finetune import apply_strategy, parameter_groups
 from medxfer.transforms import XrayPipeline
 
 NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-pneumonia-256"

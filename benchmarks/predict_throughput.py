@@ -33,19 +33,19 @@ import numpy as np
 import torch
 
 from medxfer.datasets import phantom
-from medxfer.pipeline.calibration import IdentityCalibration
-from medxfer.pipeline.config import TrainConfig, write_config
-from medxfer.pipeline.decoding import DecodeSettings, decode_scan
-from medxfer.pipeline.inference import list_scans, predict_scans
-from medxfer.pipeline.model import build_classifier
-from medxfer.pipeline.saving import load_model, save_model
-from medxfer.pipeline.training import resolve_device
+from medxfer.pipeline.calibration.calibrators import IdentityCalibration
+from medxfer.pipeline.decoding.scans import DecodeSettings, decode_scan
+from medxfer.pipeline.inference.predict import list_scans, predict_scans
+from medxfer.pipeline.models.classifier import build_classifier
+from medxfer.pipeline.runs.config import TrainConfig, write_config
+from medxfer.pipeline.runs.saving import load_model, save_model
+from medxfer.pipeline.runtime.device import resolve_device
 from medxfer.transforms.pipeline import XrayPipeline
 
 TARGET = 0.9
 MEMORY_PROBE = """
 import resource, sys
-from medxfer.pipeline.inference import predict_scans
+from medxfer.pipeline.inference.predict import predict_scans
 predict_scans(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=int(sys.argv[4]), device=sys.argv[5], log=lambda m: None)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """

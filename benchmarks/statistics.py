@@ -19,8 +19,8 @@ Every rate the README states in "How far to trust the numbers" comes from this s
 - transfer warnings: how often a test split drawn like validation is warned about (the promise:
   rarely), and how often one whose scores moved or whose AUROC fell is.
 
-Every simulation calls the code the report runs (``medxfer.pipeline.evaluation.evaluate``,
-``comparisons``, ``intervals``, ``Evaluator``) on sets from ``medxfer.pipeline.simulation``.
+Every simulation calls the code the report runs (``medxfer.pipeline.evaluation.evaluator.evaluate``,
+``comparisons``, ``intervals``, ``Evaluator``) on sets from ``medxfer.pipeline.evaluation.simulation``.
 
     .venv/bin/python benchmarks/statistics.py                # the README's figures (about 55 min on 2 cores)
     .venv/bin/python benchmarks/statistics.py --quick        # a tenth of the repetitions
@@ -36,23 +36,23 @@ import numpy as np
 from scipy.special import logit
 from scipy.stats import norm
 
-from medxfer.pipeline.bootstrap import bootstrap_values, draw_resamples, percentile_interval
-from medxfer.pipeline.calibration import (
+from medxfer.pipeline.calibration.calibrators import (
     TemperatureScaling,
     expected_calibration_error,
     negative_log_likelihood,
 )
-from medxfer.pipeline.evaluation import EvaluationSettings, SplitInputs, choose_threshold, evaluate
-from medxfer.pipeline.intervals import (
+from medxfer.pipeline.evaluation.evaluator import EvaluationSettings, SplitInputs, choose_threshold, evaluate
+from medxfer.pipeline.evaluation.simulation import CLASSES, SimulatedSet, simulate_test_set
+from medxfer.pipeline.evaluation.simulation import simulated_report as report
+from medxfer.pipeline.statistics.bootstrap import bootstrap_values, draw_resamples, percentile_interval
+from medxfer.pipeline.statistics.intervals import (
     auroc_estimate,
     logit_interval,
     patient_codes,
     proportion_estimate,
     wilson_interval,
 )
-from medxfer.pipeline.scoring import binary_auroc
-from medxfer.pipeline.simulation import CLASSES, SimulatedSet, simulate_test_set
-from medxfer.pipeline.simulation import simulated_report as report
+from medxfer.pipeline.statistics.scoring import binary_auroc
 
 INTERSECTIONS = ("sex x age_band", "view x site")
 

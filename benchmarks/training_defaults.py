@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medxfer.pipeline.config import load_config
-from medxfer.pipeline.training import train
+from medxfer.pipeline.runs.config import load_config
+from medxfer.pipeline.training.trainer import train
 
 NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-pneumonia-256"
 SETTINGS = {

@@ -44,11 +44,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from medxfer.pipeline.config import load_config
-from medxfer.pipeline.finetune import apply_strategy, parameter_groups
-from medxfer.pipeline.model import build_classifier
-from medxfer.pipeline.prefix import split_backbone
-from medxfer.pipeline.training import Trainer
+from medxfer.pipeline.models.classifier import build_classifier
+from medxfer.pipeline.models.finetune import apply_strategy, parameter_groups
+from medxfer.pipeline.models.prefix import split_backbone
+from medxfer.pipeline.runs.config import load_config
+from medxfer.pipeline.training.trainer import Trainer
 
 NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-pneumonia-256"
 TARGET = 0.85

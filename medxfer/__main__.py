@@ -1,5 +1,5 @@
 """``python -m medxfer`` runs the command-line interface."""
 
-from medxfer.pipeline.cli import main
+from medxfer.pipeline.cli.main import main
 
 raise SystemExit(main())

@@ -25,8 +25,8 @@ def run(cohort, tmp_path_factory):
     """A finished two-epoch training run at 32 pixels on ``cohort`` (report with 200 bootstrap
     resamples), shared by the evaluate, predict and export tests; they only read it (export may add
     files under ``exports/``)."""
-    from medxfer.pipeline.config import load_config
-    from medxfer.pipeline.training import train
+    from medxfer.pipeline.runs.config import load_config
+    from medxfer.pipeline.training.trainer import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
     config = load_config(None, {"data": str(cohort.manifest), "out": str(out), "image_size": 32, "epochs": 2,
