@@ -21,7 +21,6 @@ shares the cores.
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,11 +80,11 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *,
              log: Callable[[str], None] = print) -> DemoResult:
     """Run the demo into ``out``, a new or empty folder (``ValueError`` otherwise: nothing is
     overwritten), and return where everything went."""
-    from medxfer.pipeline.cli.main import write_augment_preview
+    from medxfer.pipeline.decoding.preview import write_augment_preview
     from medxfer.pipeline.inference.external import evaluate_run
     from medxfer.pipeline.inference.predict import predict_scans
-    from medxfer.pipeline.reporting.outputs import METRICS_FILE
     from medxfer.pipeline.runs.config import load_config
+    from medxfer.pipeline.runs.trained_run import TrainedRun
     from medxfer.pipeline.training.trainer import train
 
     out = Path(out)
@@ -110,7 +109,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *,
         "epochs": settings.epochs, "bootstrap": settings.bootstrap,
     }).validate(need_data=True, check_paths=True)
     run_dir = train(config, log=lambda line: log("      " + line)).run_dir
-    metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    metrics = TrainedRun.load(run_dir).metrics
 
     step(f"external validation on the held-out {TARGET} patients, with {SOURCE}'s calibration and threshold",
          out / "evaluation-site-b")

@@ -33,11 +33,10 @@ import hashlib
 import io
 import json
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -45,11 +44,9 @@ from torch import nn
 
 from medxfer import __version__
 from medxfer.files import atomic_write_bytes, atomic_write_text
-from medxfer.pipeline.calibration.calibrators import CALIBRATION_METHODS, TemperatureScaling, VectorScaling
-from medxfer.pipeline.evaluation.evaluator import Evaluator
-from medxfer.pipeline.inference.external import CONFIG_FILE, RunNotFoundError, check_run
-from medxfer.pipeline.reporting.outputs import CALIBRATION_FILE, METRICS_FILE
-from medxfer.pipeline.runs.saving import RECIPE_FILE, WEIGHTS_FILE, load_model
+from medxfer.pipeline.calibration.calibrators import CALIBRATION_METHODS
+from medxfer.pipeline.runs.files import CALIBRATION_FILE, REQUIRED_FILES
+from medxfer.pipeline.runs.trained_run import CalibratedClassifier, TrainedRun, check_run
 from medxfer.transforms.preparation import InputSpec
 
 EXPORT_FORMATS = ("torchscript", "onnx")
@@ -59,8 +56,6 @@ TOLERANCES = {"torchscript": 1e-5, "onnx": 1e-4}
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 SIDECAR_FORMAT = 1
-# Files a finished run cannot lose: an export may go into the run folder, but never over these.
-_RUN_FILES = (WEIGHTS_FILE, RECIPE_FILE, CONFIG_FILE, CALIBRATION_FILE, METRICS_FILE)
 
 
 class ExportError(ValueError):
@@ -78,35 +73,6 @@ class ExportResult:
     format: str
     max_abs_difference: float
     tolerance: float
-
-
-class CalibratedClassifier(nn.Module):
-    """A network and a softmax calibration as one module: image (N, C, S, S) float32 ->
-    softmax(network(image) * scale + bias) (N, K) float32, with ``scale`` and ``bias`` (K,)."""
-
-    def __init__(self, network: nn.Module, scale: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.network = network
-        self.register_buffer("scale", scale.to(torch.float32))
-        self.register_buffer("bias", bias.to(torch.float32))
-
-    @classmethod
-    def from_evaluator(cls, network: nn.Module, evaluator: Evaluator) -> CalibratedClassifier:
-        """The network with the evaluator's calibration: temperature T gives scale 1 / T and bias 0,
-        vector scaling its own scale and bias, no calibration scale 1 and bias 0."""
-        calibrator = evaluator.calibrator_
-        k = int(calibrator.n_classes_)
-        scale, bias = torch.ones(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
-        if isinstance(calibrator, TemperatureScaling):
-            scale /= float(calibrator.temperature_)
-        elif isinstance(calibrator, VectorScaling):
-            scale = torch.as_tensor(calibrator.scale_, dtype=torch.float64)
-            bias = torch.as_tensor(calibrator.bias_, dtype=torch.float64)
-        return cls(network, scale, bias).eval()
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Calibrated class probabilities (N, K) of network inputs (N, C, S, S)."""
-        return torch.softmax(self.network(image) * self.scale + self.bias, dim=1)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -135,9 +101,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, batch: int = 4
     _check_destination(run_dir, out)
     if fmt == "onnx":
         _require_onnx()
-    model, spec, recipe = load_model(run_dir)
-    state, evaluator = _read_calibration(run_dir, recipe)
-    module = CalibratedClassifier.from_evaluator(model, evaluator)
+    run = TrainedRun.load(run_dir)
+    _check_calibration(run)
+    module = run.calibrated_module()
+    spec, recipe, state, decode = run.spec, run.recipe, run.calibration_state, run.decode_settings()
     first, second = _parity_batches(spec, batch, seed)
     save, load = (_save_torchscript, _load_torchscript) if fmt == "torchscript" else (_save_onnx, _load_onnx)
     try:
@@ -162,14 +129,14 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, batch: int = 4
         "torch_version": torch.__version__,
         "model_sha256": recipe["weights_sha256"],
         "backbone": recipe["backbone"],
-        "classes": list(evaluator.classes),
+        "classes": list(run.classes),
         "input": {
             "name": INPUT_NAME, "dtype": "float32", "shape": ["N", spec.channels, spec.image_size, spec.image_size],
             "image_size": spec.image_size, "fit": spec.fit, "channels": spec.channels,
             "mean": list(spec.mean), "std": list(spec.std),
-            "window": recipe.get("window"), "volume_strategy": recipe.get("volume_strategy"),
+            "window": decode.window, "volume_strategy": decode.volume_strategy,
         },
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(evaluator.classes)],
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(run.classes)],
                    "meaning": "calibrated class probabilities, one column per class in the order of classes"},
         "dynamic_axes": {"N": "batch size, any from 1 up"},
         "calibration": state["calibration"],
@@ -186,7 +153,7 @@ def _check_destination(run_dir: Path, out: Path) -> None:
     """Refuse an ``out`` that is a folder, or that (or its sidecar) would replace a file the run needs."""
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the path of the file to write, e.g. {out / 'model.pt'}")
-    needed = {(run_dir / name).resolve() for name in _RUN_FILES}
+    needed = {(run_dir / name).resolve() for name in REQUIRED_FILES}  # an export never replaces these
     for path in (out, sidecar_path(out)):
         if path.resolve() in needed:
             raise ExportError(f"{path}: is a file of the run {run_dir} itself; write the export elsewhere")
@@ -205,21 +172,14 @@ def _require_onnx() -> None:
                           "not installed: pip install 'medxfer[onnx]'")
 
 
-def _read_calibration(run_dir: Path, recipe: Mapping[str, Any]) -> tuple[dict[str, Any], Evaluator]:
-    """The run's ``calibration.json`` (as read) and its evaluator, checked against the model."""
-    path = run_dir / CALIBRATION_FILE
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        evaluator = Evaluator.from_dict(state)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise RunNotFoundError(f"{path}: cannot be read ({exc})") from None
-    if list(evaluator.classes) != list(recipe["classes"]):
-        raise RunNotFoundError(f"{run_dir}: {CALIBRATION_FILE} and {RECIPE_FILE} name different classes")
-    method = state["calibration"]["method"]
-    if recipe.get("multi_label") or method not in CALIBRATION_METHODS:
-        raise ExportError(f"{path}: calibration {method!r} of a {'multi-label ' if recipe.get('multi_label') else ''}"
-                          f"model; export handles softmax classifiers with {', '.join(CALIBRATION_METHODS)}")
-    return state, evaluator
+def _check_calibration(run: TrainedRun) -> None:
+    """Refuse a run whose calibration the exported graph cannot hold (a multi-label model's, or a
+    method other than ``CALIBRATION_METHODS``)."""
+    method = run.calibration_state["calibration"]["method"]
+    if run.multi_label or method not in CALIBRATION_METHODS:
+        raise ExportError(f"{run.file(CALIBRATION_FILE)}: calibration {method!r} of a "
+                          f"{'multi-label ' if run.multi_label else ''}model; export handles softmax classifiers "
+                          f"with {', '.join(CALIBRATION_METHODS)}")
 
 
 def _parity_batches(spec: InputSpec, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,34 +11,32 @@ from ``history.csv``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from medxfer.csvfiles import read_csv, write_csv
+from medxfer.csvfiles import write_csv
 from medxfer.datasets.sources import ScanRecord, ScanSet, UnreadableFile, load_scans
 from medxfer.filenames import shown
 from medxfer.pipeline.decoding.scans import DecodeSettings, prepared_batches
-from medxfer.pipeline.evaluation.evaluator import Evaluation, EvaluationSettings, Evaluator, SplitInputs, evaluate
+from medxfer.pipeline.evaluation.evaluator import Evaluation, EvaluationSettings, SplitInputs, evaluate
 from medxfer.pipeline.evaluation.transfer import transfer_warnings
-from medxfer.pipeline.reporting.outputs import CALIBRATION_FILE, METRICS_FILE, data_name, headline, write_evaluation
-from medxfer.pipeline.runs.config import load_config
-from medxfer.pipeline.runs.environment import (
+from medxfer.pipeline.reporting.outputs import data_name, headline, write_evaluation
+from medxfer.pipeline.runs.environment import environment_info, records_manifest_hash, write_environment
+from medxfer.pipeline.runs.files import (
     ENVIRONMENT_FILE,
-    environment_info,
-    records_manifest_hash,
-    write_environment,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    UNREADABLE_FILE,
 )
-from medxfer.pipeline.runs.saving import load_model
+from medxfer.pipeline.runs.trained_run import TrainedRun, read_json
 from medxfer.pipeline.runtime.device import resolve_device
 
-CONFIG_FILE, HISTORY_FILE = "config.yaml", "history.csv"
-PREDICTIONS_FILE, UNREADABLE_FILE = "predictions.csv", "unreadable.csv"
 BATCH = 32
 PROGRESS = 256  # scans between progress lines
 # from the run's metrics.json: the same calibration (with the size of the set it was fitted on),
@@ -46,45 +44,7 @@ PROGRESS = 256  # scans between progress lines
 CARRIED = ("calibration", "train", "val", "overfitting", "best_epoch", "epochs_run", "scored_before")
 
 
-class RunNotFoundError(ValueError):
-    """RUN_DIR is not a finished medxfer training run."""
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunNotFoundError(f"{path}: cannot be read ({exc})") from None
-
-
-def _read_history(path: Path) -> list[dict[str, Any]] | None:
-    if not path.is_file():
-        return None
-    rows = read_csv(path)
-    return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v not in ("", None)} for row in rows]
-
-
-def check_run(run_dir: Path) -> None:
-    """Refuse a folder that is not a finished training run, saying what is missing."""
-    if not run_dir.is_dir():
-        raise RunNotFoundError(f"{run_dir}: no such run folder")
-    missing = [name for name in ("model.safetensors", "model.json", CONFIG_FILE, CALIBRATION_FILE, METRICS_FILE)
-               if not (run_dir / name).is_file()]
-    if missing:
-        raise RunNotFoundError(f"{run_dir}: not a finished medxfer training run (missing {', '.join(missing)}); "
-                               "train one with medxfer train, or let an interrupted run finish with --resume")
-
-
-def load_evaluator(run_dir: Path) -> Evaluator:
-    """The calibration and threshold a finished run fitted on its validation split; a missing
-    or damaged ``calibration.json`` is a ``RunNotFoundError`` naming the file."""
-    try:
-        return Evaluator.from_dict(_read_json(run_dir / CALIBRATION_FILE))
-    except ValueError as exc:  # RunNotFoundError (unreadable JSON) is a ValueError too
-        raise RunNotFoundError(f"{run_dir / CALIBRATION_FILE}: {exc}") from None
-
-
-EVALUATION_FILES = frozenset({METRICS_FILE, "report.html", "model_card.md", PREDICTIONS_FILE, UNREADABLE_FILE,
+EVALUATION_FILES = frozenset({METRICS_FILE, REPORT_FILE, MODEL_CARD_FILE, PREDICTIONS_FILE, UNREADABLE_FILE,
                               ENVIRONMENT_FILE})
 
 
@@ -100,7 +60,7 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"--out {out} holds files an evaluation did not write ({', '.join(others[:5])}"
                          f"{', ...' if len(others) > 5 else ''}): choose a new or empty folder")
     metrics = out / METRICS_FILE
-    if metrics.is_file() and _read_json(metrics).get("kind") != "external validation":
+    if metrics.is_file() and read_json(metrics).get("kind") != "external validation":
         raise ValueError(f"--out {out} holds the metrics.json of a training run, not of an evaluation: choose a new "
                          "or empty folder")
 
@@ -122,7 +82,7 @@ def _labelled_records(data: Path, layout: str, classes: list[str], max_pixels: i
 
 
 @torch.no_grad()
-def _score(scans: ScanSet, model: torch.nn.Module, settings: DecodeSettings, device: torch.device, workers: int,
+def _score(scans: ScanSet, run: TrainedRun, settings: DecodeSettings, device: torch.device, workers: int,
            log: Callable[[str], None]) -> tuple[list[ScanRecord], np.ndarray, list[UnreadableFile]]:
     """Logits of every readable scan, prepared as ``medxfer predict`` prepares them, batch by
     batch (decoded in ``workers`` processes meanwhile)."""
@@ -136,12 +96,11 @@ def _score(scans: ScanSet, model: torch.nn.Module, settings: DecodeSettings, dev
         good = [(index, image) for index, image, _, _ in batch if image is not None]
         failed += [UnreadableFile(records[index].path, reason) for index, image, _, reason in batch if image is None]
         if good:
-            logits.append(model(torch.stack([image for _, image in good]).to(device)).float().cpu().numpy())
+            logits.append(run.logits(torch.stack([image for _, image in good]).to(device)).float().cpu().numpy())
         kept += [records[index] for index, _ in good]
         if number % (PROGRESS // BATCH) == 0 or number * BATCH >= len(records):
             log(f"  scored {min(number * BATCH, len(records))} of {len(records)} scans")
-    width = model.head[-1].out_features
-    return kept, (np.concatenate(logits) if logits else np.empty((0, width), np.float32)), failed
+    return kept, (np.concatenate(logits) if logits else np.empty((0, len(run.classes)), np.float32)), failed
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None = None, *, layout: str = "auto",
@@ -154,7 +113,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     (default ``RUN_DIR/evaluations/<data set name>``). ``bootstrap``, ``subgroups`` and
     ``intersections`` override the run's settings; ``max_pixels`` the run's pixel budget."""
     run_dir, data = Path(run_dir), Path(data)
-    check_run(run_dir)
+    run = TrainedRun.load(run_dir)
     if not data.exists():
         raise FileNotFoundError(f"{data}: no such file or folder")
     name = data_name(data)
@@ -162,25 +121,18 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     if out.resolve() == run_dir.resolve():
         raise ValueError(f"--out {out} is the run folder itself, whose own report it would replace; choose another")
     _check_out(out)
-    config = load_config(run_dir / CONFIG_FILE)
     overrides = {k: v for k, v in {"bootstrap": bootstrap, "subgroups": subgroups,
                                    "intersections": intersections}.items() if v is not None}
-    config = replace(config, **overrides).validate()
-    evaluator = load_evaluator(run_dir)
-    run_metrics = _read_json(run_dir / METRICS_FILE)
-    model, spec, recipe = load_model(run_dir)
-    classes = list(recipe["classes"])
-    if classes != list(evaluator.classes):
-        raise RunNotFoundError(f"{run_dir}: {CALIBRATION_FILE} and model.json name different classes")
+    config = replace(run.config, **overrides).validate()
+    evaluator, run_metrics, classes = run.decision, run.metrics, list(run.classes)
     torch_device = resolve_device(device)
-    model.to(torch_device)
+    run.to(torch_device)
     if max_pixels is None and config.max_pixels != "auto":
         max_pixels = int(config.max_pixels)
     scans = _labelled_records(data, layout, classes, max_pixels)
     log(f"evaluating {shown(run_dir)} on {len(scans.records)} labelled scans from {shown(data)}")
-    settings = DecodeSettings(spec, recipe.get("window", config.window),
-                              recipe.get("volume_strategy", config.volume_strategy), max_pixels)
-    kept, logits, failed = _score(scans, model, settings, torch_device, workers, log)
+    settings = run.decode_settings(max_pixels)
+    kept, logits, failed = _score(scans, run, settings, torch_device, workers, log)
     unreadable = [*scans.unreadable, *failed]
     if not kept:
         raise ValueError(f"{data}: none of its {len(scans.records) + len(scans.unreadable)} files could be read")
@@ -212,7 +164,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     write_environment(out / ENVIRONMENT_FILE, environment_info(
         seed=config.seed, device=torch_device, data_hash=records_manifest_hash(kept_scans),
         extra={"evaluated_run": str(run_dir.resolve().name)}))
-    probabilities = evaluator.predict_proba(logits)
+    probabilities = run.probabilities(logits)
     predicted = evaluator.predict(probabilities)
     probability_columns = [f"p_{c}" for c in classes]
     write_csv(out / PREDICTIONS_FILE, ["path", "label", *probability_columns, "predicted"],
@@ -225,8 +177,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
         log(f"skipped {len(unreadable)} unreadable file(s): listed in {shown(out / UNREADABLE_FILE)}")
     else:
         (out / UNREADABLE_FILE).unlink(missing_ok=True)  # an earlier evaluation's list would read as this one's
-    write_evaluation(out, evaluation, evaluator_state=None, history=_read_history(run_dir / HISTORY_FILE),
-                     config=config.to_dict(), environment=_read_json(out / ENVIRONMENT_FILE))
+    write_evaluation(out, evaluation, evaluator_state=None, history=run.history(),
+                     config=config.to_dict(), environment=read_json(out / ENVIRONMENT_FILE))
     for line in headline(metrics):
         log(line)
     log(f"wrote {shown(out)}")

@@ -33,7 +33,6 @@ Safety: one job at a time per output (``job_claim``), no file outside the job's 
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import shutil
@@ -54,11 +53,9 @@ from medxfer.filenames import shown
 from medxfer.files import atomic_write_many
 from medxfer.pipeline.decoding.scans import DecodeSettings, check_slice_strategy, prepared_batches
 from medxfer.pipeline.evaluation.evaluator import Evaluator
-from medxfer.pipeline.inference.external import CONFIG_FILE, check_run, load_evaluator
 from medxfer.pipeline.inference.job_claim import JobClaim
 from medxfer.pipeline.inference.prediction_files import WRITTEN_BY, Parts, PredictionFiles
-from medxfer.pipeline.reporting.outputs import CALIBRATION_FILE
-from medxfer.pipeline.runs.saving import load_model
+from medxfer.pipeline.runs.trained_run import TrainedRun
 from medxfer.pipeline.runtime.device import resolve_device, resolve_workers
 from medxfer.pipeline.runtime.distributed import Distributed
 
@@ -115,10 +112,6 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _threshold(evaluator: Evaluator, threshold: str | float) -> float | None:
     if threshold == "validated":
         return evaluator.threshold_
@@ -146,8 +139,8 @@ def predict_scans(run_dir: str | Path, scans: str | Path, out: str | Path, *, ba
     run_dir, scans = Path(run_dir), Path(scans)
     paths = PredictionFiles.for_out(Path(out))
     budget.max_pixels(max_pixels)
-    check_run(run_dir)
-    evaluator = load_evaluator(run_dir)
+    run = TrainedRun.load(run_dir)
+    evaluator = run.decision
     cut = _threshold(evaluator, threshold)
     if slice_aggregate not in SLICE_AGGREGATES:
         raise ValueError(f"--slice-aggregate must be one of {', '.join(SLICE_AGGREGATES)}, got {slice_aggregate!r}")
@@ -162,25 +155,28 @@ def predict_scans(run_dir: str | Path, scans: str | Path, out: str | Path, *, ba
     dist = Distributed.from_environment(torch_device)
     if dist.enabled:
         torch_device = torch.device(dist.device)
-    job = _Job(run_dir, root, files, unlisted, paths, evaluator, cut, batch_size,
+    job = _Job(run.to(torch_device), root, files, unlisted, paths, cut, batch_size,
                max(1, resolve_workers(workers)) if workers == "auto" else int(workers), torch_device, dist, chunk,
                slice_aggregate if slices else None, max_pixels, log)
     try:
-        return job.run()
+        return job.execute()
     finally:
         dist.close()
 
 
 @dataclass
 class _Job:
-    """One ``predict_scans`` call, once its arguments are checked."""
+    """One ``predict_scans`` call, once its arguments are checked: the run (on ``device``), the
+    scans (every file under ``root``, and the entries that could not be listed with the reason),
+    the output files, the threshold ``cut`` (None: the most probable class), network batch size,
+    decoding workers, process group, scans per part file, slice aggregate (None: one image per
+    volume), pixel budget and where progress lines go."""
 
-    run_dir: Path
+    run: TrainedRun
     root: Path
     files: list[Path]
     unlisted: list[tuple[Path, str]]
     paths: PredictionFiles
-    evaluator: Evaluator
     cut: float | None
     batch_size: int
     workers: int
@@ -191,28 +187,24 @@ class _Job:
     max_pixels: int | None
     log: Callable[[str], None]
 
-    def run(self) -> PredictSummary:
-        model, spec, recipe = load_model(self.run_dir)
-        model.to(self.device).eval()
-        decode = DecodeSettings(spec, recipe.get("window", "default"), recipe.get("volume_strategy", "middle"),
-                                self.max_pixels)
+    def execute(self) -> PredictSummary:
+        decode = self.run.decode_settings(self.max_pixels)
         if self.aggregate:
             try:
                 check_slice_strategy(decode.volume_strategy)
             except ValueError as exc:
-                raise ValueError(f"{self.run_dir}: {exc}") from None
-        settings = {"model_sha256": recipe["weights_sha256"],
-                    "calibration_sha256": _file_hash(self.run_dir / CALIBRATION_FILE), "threshold": self.cut,
-                    "slices": self.aggregate is not None, "slice_aggregate": self.aggregate,
+                raise ValueError(f"{self.run.directory}: {exc}") from None
+        settings = {"model_sha256": self.run.weights_sha256, "calibration_sha256": self.run.calibration_sha256,
+                    "threshold": self.cut, "slices": self.aggregate is not None, "slice_aggregate": self.aggregate,
                     # files over the budget are error rows, which a rerun does not retry: another budget is
                     # another job
                     "max_pixels": budget.max_pixels(self.max_pixels)}
-        parts = Parts(self.paths.parts, recipe["classes"], META_COLUMNS)
+        parts = Parts(self.paths.parts, list(self.run.classes), META_COLUMNS)
         claim = JobClaim(self.paths.parts, str(self.paths.out))
         self.paths.check_layout()
         try:
             self._start(claim, parts, settings)
-            return self._predict(model, decode, recipe, parts, settings)
+            return self._predict(decode, parts, settings)
         finally:
             claim.release()
 
@@ -232,21 +224,20 @@ class _Job:
                 raise failure
             raise ValueError("process 0 could not start the job (see its message)")
 
-    def _predict(self, model: torch.nn.Module, decode: DecodeSettings, recipe: dict[str, Any], parts: Parts,
-                 settings: dict[str, Any]) -> PredictSummary:
-        classes, dist = list(recipe["classes"]), self.dist
+    def _predict(self, decode: DecodeSettings, parts: Parts, settings: dict[str, Any]) -> PredictSummary:
+        classes, dist, evaluator = list(self.run.classes), self.dist, self.run.decision
         relative = [_relative(p, self.root) for p in self.files]
         done = parts.done() | {row["path"] for row in self.paths.earlier_rows(slices=False)}
         todo = [i for i in dist.shard(len(self.files)) if relative[i] not in done]
         already = sum(1 for i in dist.shard(len(self.files)) if relative[i] in done)
         if dist.is_main:
-            self.log(f"predicting {len(self.files)} scan(s) under {shown(self.root)} with {self.run_dir.name}: "
+            self.log(f"predicting {len(self.files)} scan(s) under {shown(self.root)} with {self.run.directory.name}: "
                      f"{len(done & set(relative))} already done, {self.workers} decoding worker(s), {self.device}"
                      + (f" x {dist.world_size}" if dist.enabled else "")
                      + (f", every slice of a volume ({self.aggregate} per volume)" if self.aggregate else ""))
         loader = prepared_batches(self.files, todo, decode, batch_size=self.batch_size, workers=self.workers,
                                   slices=self.aggregate is not None)
-        scorer = _Scorer(model, self.evaluator, self.device, self.batch_size)
+        scorer = _Scorer(self.run, self.device, self.batch_size)
         predicted = failed = 0
         queue: list[_Item] = []
         pending: list[dict[str, Any]] = []
@@ -254,7 +245,7 @@ class _Job:
 
         def flush_queue() -> None:
             nonlocal queue, predicted, failed, pending, pending_scans
-            rows = _rows(queue, scorer.score(queue), relative, classes, self.evaluator, self.cut, self.aggregate)
+            rows = _rows(queue, scorer.score(queue), relative, classes, evaluator, self.cut, self.aggregate)
             predicted += sum(row["status"] == "ok" for row in rows)
             failed += sum(row["status"] == "error" for row in rows)
             pending += rows
@@ -278,8 +269,7 @@ class _Job:
         summary = PredictSummary(predicted, failed, already, self.paths.out, self.paths.errors, self.paths.sidecar)
         try:
             if dist.is_main:
-                rows_written, unreadable = _merge(self.paths, parts, relative, self.unlisted, self.root, recipe,
-                                                  self.run_dir, self.evaluator, settings, self.device)
+                rows_written, unreadable = _merge(self, parts, relative, settings)
                 self.log(f"{rows_written} scan(s) predicted, {unreadable} could not be read"
                          + (f" (listed in {shown(self.paths.errors)})" if unreadable else "")
                          + f": {shown(self.paths.out)}")
@@ -306,11 +296,11 @@ class _Item:
 
 
 class _Scorer:
-    """The network and the run's calibration: calibrated probabilities of the images of several
+    """The run's network(s) and calibration: calibrated probabilities of the images of several
     files, run through the network ``batch_size`` images at a time."""
 
-    def __init__(self, model: torch.nn.Module, evaluator: Evaluator, device: torch.device, batch_size: int) -> None:
-        self.model, self.evaluator, self.device, self.batch_size = model, evaluator, device, batch_size
+    def __init__(self, run: TrainedRun, device: torch.device, batch_size: int) -> None:
+        self.run, self.device, self.batch_size = run, device, batch_size
 
     def score(self, items: Sequence[_Item]) -> list[np.ndarray | None]:
         """Per item, its images' calibrated probabilities (n, K), or None for an unreadable file."""
@@ -318,9 +308,9 @@ class _Scorer:
         if not stacks:
             return [None] * len(items)
         images = torch.cat(stacks)
-        logits = [self.model(images[i:i + self.batch_size].to(self.device)).float().cpu()
+        logits = [self.run.logits(images[i:i + self.batch_size].to(self.device)).float().cpu()
                   for i in range(0, len(images), self.batch_size)]
-        probabilities = self.evaluator.predict_proba(torch.cat(logits).numpy().astype(np.float64))
+        probabilities = self.run.probabilities(torch.cat(logits).numpy().astype(np.float64))
         result: list[np.ndarray | None] = []
         start = 0
         for item in items:
@@ -371,55 +361,36 @@ def _order(row: dict[str, Any]) -> tuple[int, int]:
     return row["index"], -1 if row["slice"] == "" else int(row["slice"])
 
 
-def _merge(paths: PredictionFiles, parts: Parts, relative: list[str], unlisted: list[tuple[Path, str]], root: Path,
-           recipe: dict[str, Any], run_dir: Path, evaluator: Evaluator, settings: dict[str, Any],
-           device: torch.device) -> tuple[int, int]:
+def _merge(job: _Job, parts: Parts, relative: list[str], settings: dict[str, Any]) -> tuple[int, int]:
     """One row per scan, in the order of the file list: parts and earlier output merged
     (streaming) and the outputs and sidecar written together (``files.atomic_write_many``: a
     full disk replaces none of them); the parts are removed last. Returns the rows written to the
     predictions and to the errors file."""
-    classes = list(recipe["classes"])
-    position = {path: i for i, path in enumerate(relative)}
-    earlier = [{**row, "index": position[row["path"]]} for row in paths.earlier_rows(settings["slices"])
-               if row["path"] in position]
-    streams = [parts.read(part) for part in parts.files()]
-    merged = heapq.merge(sorted(earlier, key=_order), *[_indexed(stream, position) for stream in streams], key=_order)
-    probability_columns = [f"p_{c}" for c in classes]
-    columns = ["path", *probability_columns, "predicted", *(["slices"] if settings["slices"] else []), *META_COLUMNS]
-    tables = {
-        "ok": CsvText(columns, ignore_extra=True),
-        "error": CsvText(["path", "reason"], ignore_extra=True),
-        "slice": CsvText(["path", "slice", *probability_columns, "predicted"], ignore_extra=True),
-    }
-    last = None
-    for row in merged:
-        key = _order(row)
-        if key == last:  # a scan an interrupted process wrote twice keeps its first rows (sorted: adjacent)
-            continue
-        last = key
-        tables[row["status"]].add(row)
+    paths, classes = job.paths, list(job.run.classes)
+    tables = _merged_tables(paths, parts, relative, classes, settings["slices"])
     missing = len(relative) - tables["ok"].count - tables["error"].count
     if missing:  # a process's parts are not here (``--out`` not on a file system every process shares)
         raise IncompleteJobError(f"{missing} of {len(relative)} scans have no row in {parts.folder}: with several "
                                  "processes, --out must be on a file system they all share. Nothing was written and "
                                  "the parts are kept: run the command again with --out on a shared file system (or "
                                  "in one process), and it predicts only what is missing.")
-    for path, reason in unlisted:
-        tables["error"].add({"path": _relative(path, root), "reason": reason})
+    for path, reason in job.unlisted:
+        tables["error"].add({"path": _relative(path, job.root), "reason": reason})
     predicted, unreadable = tables["ok"].count, tables["error"].count
+    decision = job.run.decision
     sidecar = {
         "written_by": WRITTEN_BY,
         "medxfer_version": __version__,
         "written_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "run": run_dir.resolve().name,
+        "run": job.run.directory.resolve().name,
         **settings,
-        "config_sha256": _file_hash(run_dir / CONFIG_FILE),
+        "config_sha256": job.run.config_sha256,
         "classes": classes,
-        "positive_class": None if evaluator.positive_ is None else classes[evaluator.positive_],
-        "threshold_source": "validated" if settings["threshold"] == evaluator.threshold_ else "given",
+        "positive_class": None if decision.positive_ is None else classes[decision.positive_],
+        "threshold_source": "validated" if settings["threshold"] == decision.threshold_ else "given",
         "predicted": predicted,
         "unreadable": unreadable,
-        "device": device.type,
+        "device": job.device.type,
     }
     contents = {paths.out: tables["ok"].data(), paths.errors: tables["error"].data(),
                 **({paths.slices: tables["slice"].data()} if settings["slices"] else {}),
@@ -432,6 +403,32 @@ def _merge(paths: PredictionFiles, parts: Parts, relative: list[str], unlisted: 
                                  "space and run the same command again") from None
     shutil.rmtree(parts.folder, ignore_errors=True)  # the claim's lock goes with it; the job still holds it
     return predicted, unreadable
+
+
+def _merged_tables(paths: PredictionFiles, parts: Parts, relative: list[str], classes: list[str],
+                   slices: bool) -> dict[str, CsvText]:
+    """The rows of the parts and of an earlier output, merged in file-list order, one per scan (and
+    per slice), as the text of the predictions ("ok"), errors ("error") and slices ("slice") files."""
+    position = {path: i for i, path in enumerate(relative)}
+    earlier = [{**row, "index": position[row["path"]]} for row in paths.earlier_rows(slices)
+               if row["path"] in position]
+    streams = [parts.read(part) for part in parts.files()]
+    merged = heapq.merge(sorted(earlier, key=_order), *[_indexed(stream, position) for stream in streams], key=_order)
+    probability_columns = [f"p_{c}" for c in classes]
+    columns = ["path", *probability_columns, "predicted", *(["slices"] if slices else []), *META_COLUMNS]
+    tables = {
+        "ok": CsvText(columns, ignore_extra=True),
+        "error": CsvText(["path", "reason"], ignore_extra=True),
+        "slice": CsvText(["path", "slice", *probability_columns, "predicted"], ignore_extra=True),
+    }
+    last = None
+    for row in merged:
+        key = _order(row)
+        if key == last:  # a scan an interrupted process wrote twice keeps its first rows (sorted: adjacent)
+            continue
+        last = key
+        tables[row["status"]].add(row)
+    return tables
 
 
 def _indexed(rows: Iterator[dict[str, str]], position: dict[str, int]) -> Iterator[dict[str, Any]]:

@@ -274,7 +274,7 @@ def test_augment_preview_of_an_unreadable_file_names_it(tmp_path, capsys):
 
 def test_cli_choices_match_the_library():
     """The CLI lists presets and fits without importing MONAI; they must not drift apart."""
-    from medxfer.pipeline.cli.main import PRESET_CHOICES
+    from medxfer.pipeline.cli.parser import PRESET_CHOICES
     from medxfer.transforms import FITS, PRESET_NAMES
 
     assert PRESET_CHOICES == PRESET_NAMES

@@ -15,19 +15,17 @@ import pytest
 import torch
 from torch import nn
 
-from medxfer.pipeline.calibration.calibrators import make_calibrator
 from medxfer.pipeline.cli.main import main
 from medxfer.pipeline.decoding.scans import DecodeSettings, decode_scan
 from medxfer.pipeline.evaluation.evaluator import Evaluator
 from medxfer.pipeline.inference import export as export_module
 from medxfer.pipeline.inference.export import (
-    CalibratedClassifier,
     ExportError,
     export_run,
     sidecar_path,
 )
-from medxfer.pipeline.inference.external import RunNotFoundError
 from medxfer.pipeline.runs.saving import load_model
+from medxfer.pipeline.runs.trained_run import CalibratedClassifier, RunNotFoundError
 from medxfer.transforms.pipeline import XrayPipeline
 
 # PyTorch 2.14 marks torch.jit as deprecated; the tests load TorchScript files on purpose.
@@ -115,19 +113,6 @@ def test_the_sidecar_records_classes_input_calibration_threshold_and_weights_has
     assert sidecar["positive_class"] == calibration["positive_class"] == "opacity"
     assert sidecar["parity"]["max_abs_difference"] == torchscript.max_abs_difference
     assert sidecar["parity"]["tolerance"] == 1e-5 and sidecar["parity"]["batch_sizes"] == [4, 7]
-
-
-@pytest.mark.parametrize("method", ["temperature", "vector", "none"])
-def test_the_wrapper_applies_each_calibration_as_the_evaluator_does(method):
-    rng = np.random.default_rng(0)
-    logits = rng.normal(0, 3, (200, 3))
-    labels = (logits + rng.normal(0, 3, logits.shape)).argmax(1)  # a noisy link: the fit is not the identity
-    evaluator = Evaluator(["a", "b", "c"])
-    evaluator.calibrator_ = make_calibrator(method).fit(logits, labels)
-    module = CalibratedClassifier.from_evaluator(nn.Identity(), evaluator)  # the "network" passes logits on
-    with torch.no_grad():
-        probabilities = module(torch.tensor(logits, dtype=torch.float32)).numpy()
-    np.testing.assert_allclose(probabilities, evaluator.predict_proba(logits), atol=1e-6)
 
 
 def test_an_export_that_differs_from_pytorch_is_refused_and_leaves_no_file(run, tmp_path, monkeypatch):
