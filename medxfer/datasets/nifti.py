@@ -32,8 +32,8 @@ import io
 import math
 import operator
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from medxfer.datasets.budget import check_budget
+from medxfer.datasets.decoder_errors import Reasons, unreadable_on
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
 from medxfer.datasets.scan import Scan, UnreadableScanError, first_line
 
@@ -96,21 +97,17 @@ def read_nifti_header(path: Path, *, volume_index: int | None = None, max_pixels
     return _header_meta(image, _ras_orientation(path, image))
 
 
-@contextmanager
-def _nibabel_errors(path: Path) -> Iterator[None]:
+# What nibabel, gzip and the OS raise on a damaged file, and the reason to report.
+_NIBABEL_REASONS: Reasons = (
+    (HeaderDataError, lambda exc: f"invalid NIfTI header: {first_line(exc)}"),
+    ((EOFError, zlib.error, gzip.BadGzipFile), lambda exc: f"corrupt or truncated gzip data: {first_line(exc)}"),
+    ((OSError, ValueError), lambda exc: f"unreadable NIfTI data: {first_line(exc)}"),
+)
+
+
+def _nibabel_errors(path: Path) -> AbstractContextManager[None]:
     """Turn what nibabel, gzip and the OS raise into ``UnreadableScanError`` with a one-line reason."""
-    try:
-        yield
-    except UnreadableScanError:
-        raise
-    except FileNotFoundError:
-        raise UnreadableScanError(path, "file not found or not accessible") from None
-    except HeaderDataError as exc:
-        raise UnreadableScanError(path, f"invalid NIfTI header: {first_line(exc)}") from None
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise UnreadableScanError(path, f"corrupt or truncated gzip data: {first_line(exc)}") from None
-    except (OSError, ValueError) as exc:
-        raise UnreadableScanError(path, f"unreadable NIfTI data: {first_line(exc)}") from None
+    return unreadable_on(path, _NIBABEL_REASONS)
 
 
 def _load(path: Path, max_pixels: int | None) -> nib.Nifti1Pair:

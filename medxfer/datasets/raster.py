@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from medxfer.datasets.budget import check_budget
+from medxfer.datasets.decoder_errors import Reasons, unreadable_on
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
 from medxfer.datasets.scan import Scan, UnreadableScanError, first_line
 
@@ -117,28 +118,25 @@ def _exif_orientation(image: Image.Image) -> int | None:
     return image.getexif().get(_EXIF_ORIENTATION)
 
 
-@contextmanager
-def _pillow_errors(path: Path) -> Iterator[None]:
+# What Pillow raises on a damaged or unsupported file, and the reason to report. Pillow reports
+# damage as OSError ("image file is truncated"), SyntaxError ("broken PNG file"), ValueError,
+# EOFError or struct.error depending on the plugin and where it is; its TIFF plugin also raises
+# TypeError ("Missing dimensions") for a missing ImageWidth tag and KeyError for an unknown
+# Compression value when it reaches a later page (counting pages); on the first page Image.open
+# turns them into UnidentifiedImageError. A LookupError's message is only the key or index, so
+# its reason names the error.
+_PILLOW_REASONS: Reasons = (
+    (Image.UnidentifiedImageError, lambda exc: "not a PNG, JPEG or TIFF image Pillow can identify"),
+    (Image.DecompressionBombError, lambda exc: f"too large to decode safely: {exc}"),
+    ((OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError),
+     lambda exc: f"cannot be decoded: {first_line(exc)}"),
+    (LookupError, lambda exc: f"cannot be decoded: {type(exc).__name__} {first_line(exc)}"),
+)
+
+
+def _pillow_errors(path: Path) -> AbstractContextManager[None]:
     """Turn what Pillow and the OS raise into ``UnreadableScanError`` with a one-line reason."""
-    try:
-        yield
-    except UnreadableScanError:
-        raise
-    except FileNotFoundError:
-        raise UnreadableScanError(path, "file not found or not accessible") from None
-    except Image.UnidentifiedImageError:
-        raise UnreadableScanError(path, "not a PNG, JPEG or TIFF image Pillow can identify") from None
-    except Image.DecompressionBombError as exc:
-        raise UnreadableScanError(path, f"too large to decode safely: {exc}") from None
-    # Pillow reports damage as OSError ("image file is truncated"), SyntaxError ("broken PNG
-    # file"), ValueError, EOFError or struct.error depending on the plugin and where it is; its
-    # TIFF plugin also raises TypeError ("Missing dimensions") for a missing ImageWidth tag and
-    # KeyError for an unknown Compression value when it reaches a later page (counting pages);
-    # on the first page Image.open turns them into UnidentifiedImageError.
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError) as exc:
-        raise UnreadableScanError(path, f"cannot be decoded: {first_line(exc)}") from None
-    except LookupError as exc:  # the message is only the key or index: name the error
-        raise UnreadableScanError(path, f"cannot be decoded: {type(exc).__name__} {first_line(exc)}") from None
+    return unreadable_on(path, _PILLOW_REASONS)
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
@@ -14,10 +13,7 @@ from medxfer.transforms.presets import (
     augmentation,
     augmentation_from_config,
     parse_override,
-    preset_table,
 )
-
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_every_preset_is_named_and_none_switches_everything_off():
@@ -107,11 +103,6 @@ def test_params_are_validated_when_built_directly():
 def test_as_dict_round_trips_through_a_config_mapping():
     params = augmentation("strong", {"rotation": 7})
     assert augmentation_from_config({"preset": "none", **params.as_dict()}) == params
-
-
-def test_readme_documents_every_preset_value():
-    """The README's table is the generated one, so documentation and code cannot drift apart."""
-    assert preset_table() in README.read_text(encoding="utf-8")
 
 
 def test_a_config_mapping_must_name_its_preset():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medxfer.pipeline.runs.config import (
     CONFIG_KEYS,
@@ -16,6 +18,7 @@ from medxfer.pipeline.runs.config import (
     config_from_mapping,
     diff_configs,
     load_config,
+    reference_markdown,
     write_config,
 )
 
@@ -314,3 +317,33 @@ def test_diff_configs_reports_the_changed_keys():
     assert diff_configs(a, b) == {"epochs": ("auto", 10), "lr": (0.01, 0.02)}
     c = dataclasses.replace(a, augment={"preset": "light", "rotation": 4})
     assert list(diff_configs(a, c)) == ["augment"]
+
+
+def reference_rows() -> dict[str, list[str]]:
+    """The reference table's rows: key -> [allowed values, default, meaning], cells unescaped."""
+    rows = {}
+    for line in reference_markdown().splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_the_reference_lists_every_key_in_order_with_its_default_and_a_description():
+    rows = reference_rows()
+    assert list(rows) == list(CONFIG_KEYS)
+    defaults = TrainConfig().to_dict()
+    for key, (allowed, default, meaning) in rows.items():
+        assert yaml.safe_load(default.strip("`")) == defaults[key], key
+        assert allowed and meaning, key
+
+
+def test_the_reference_states_the_rules_the_checks_enforce():
+    from medxfer.pipeline.models.finetune import STRATEGIES
+
+    rows = reference_rows()
+    for key, bad in (("lr", 0), ("image_size", 8), ("bootstrap", 100), ("age_bands", [40, 18])):
+        with pytest.raises(ConfigError) as caught:
+            config_from_mapping({key: bad}, source="train.yaml")
+        assert f"{key} must be {rows[key][0]}, got" in str(caught.value)
+    assert rows["strategy"][0].removeprefix("one of ").split(", ") == list(STRATEGIES)
