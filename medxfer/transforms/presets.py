@@ -270,7 +270,7 @@ def _format(value: Any) -> str:
 
 
 def preset_table() -> str:
-    """The presets as a Markdown table, one row per parameter (the README shows this table)."""
+    """The presets as a Markdown table, one row per parameter (the documentation's preset reference is this table, rendered by docs/hooks.py)."""
     header = "| parameter | meaning | " + " | ".join(PRESET_NAMES) + " |"
     rule = "|---|---|" + "---|" * len(PRESET_NAMES)
     rows = [

@@ -100,7 +100,7 @@ def _add_augment_preview(sub: argparse._SubParsersAction) -> None:
                        description="Render a grid: the scan as the network will see it, then several random "
                                    "draws of an augmentation preset, so you can check the preset looks like "
                                    "plausible radiographs before training. Presets: none, light, standard, "
-                                   "strong; change one parameter with --set NAME=VALUE (see the README table).")
+                                   "strong; change one parameter with --set NAME=VALUE (see the preset table in docs/reference/preparation-and-augmentation.md).")
     p.add_argument("path", type=Path, help="one scan: DICOM, NIfTI, PNG, JPEG or TIFF")
     p.add_argument("--preset", choices=PRESET_CHOICES, default="standard", help="augmentation preset (default: standard)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -124,7 +124,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Fine-tune an ImageNet-pretrained backbone on class folders or a manifest, "
                                    "split by patient, with early stopping on validation AUROC. Settings come from "
                                    "--config FILE (YAML) and the flags below, which override it; every other "
-                                   "setting is listed in the README. Writes RUN_DIR/config.yaml, model.safetensors, "
+                                   "setting is listed in docs/reference/configuration.md. Writes RUN_DIR/config.yaml, model.safetensors, "
                                    "model.json, history.csv, splits.csv, environment.json, calibration.json, "
                                    "metrics.json, report.html and model_card.md. Several processes "
                                    "or machines: torchrun --nproc_per_node=N -m medxfer train ...")

@@ -22,7 +22,7 @@ def resolve_workers(workers: int | str) -> int:
     cores (measured: the prefix cache fills at 42 images/s with augmentation in the training
     process against 38 with one worker competing for the cores), then cores - 2, at most 8 (on a
     16-core H100 machine full fine-tuning took 360 images/s with 4 workers, 428 with 8 and 429
-    with 14: benchmarks/README.md)."""
+    with 14: docs/benchmarks.md)."""
     if workers != "auto":
         return int(workers)
     return max(0, min(8, usable_cores() - 2))
