@@ -51,9 +51,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupShuffleSplit
 
 from medxfer.datasets import phantom, read_scan
-from medxfer.pipeline.models.adaptation import DomainClassifier, adapt_batchnorm, add_adapters, dann_losses, dann_weight
+from medxfer.pipeline.models.adaptation import DomainClassifier, adapt_batchnorm, add_adapters, dann_weight, domain_loss
 from medxfer.pipeline.models.classifier import XrayClassifier, build_classifier
 from medxfer.pipeline.models.finetune import apply_strategy, parameter_groups
+from medxfer.pipeline.training.steps import TrainableNet
 from medxfer.transforms import XrayPipeline
 
 NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-pneumonia-256"
@@ -133,6 +134,9 @@ def train(
     """AdamW with cosine decay over ``epochs``; DANN when ``target_x`` is given. Returns img/s."""
     generator = torch.Generator().manual_seed(seed)
     domain_head = DomainClassifier(model.info.feature_dim) if target_x is not None else None
+    # The training engine's DANN network: backbone, head, and the domain classifier behind a
+    # gradient-reversal layer.
+    net = TrainableNet(model.backbone, model.head, domain_head)
     # Layer-wise decay suits pretrained stages only: new adapters and random weights get one rate.
     pretrained_partial = model.adapter_reduction is None and not all(p.requires_grad for p in model.parameters())
     groups = parameter_groups(model, lr=1e-3, layer_decay=0.7 if pretrained_partial else 1.0)
@@ -148,7 +152,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             if domain_head is not None:
                 pick = torch.randint(len(target_x), (len(index),), generator=generator)
-                loss = dann_losses(model, domain_head, x[index], y[index], target_x[pick], dann_weight(step / steps))["total"]
+                logits, domain_logits = net(torch.cat([x[index], target_x[pick]]), dann_weight(step / steps))
+                loss = F.cross_entropy(logits[: len(index)], y[index]) + domain_loss(domain_logits, len(index))
             else:
                 loss = F.cross_entropy(model(x[index]), y[index])
             loss.backward()

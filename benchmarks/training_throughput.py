@@ -5,7 +5,7 @@ Usage:
   .venv/bin/python benchmarks/training_throughput.py --wall-time [--scale 5]   # medxfer train on the NIH set
   .venv/bin/python benchmarks/training_throughput.py --gpu                      # CUDA: AMP on and off
 
-Ratios (default): the engine itself (``Trainer.prepare``, ``build_loop``, ``run_epoch``) on the
+Ratios (default): the engine itself (``Trainer.prepare``, ``build_loop``, ``EpochRunner.train``) on the
 ``--images`` NIH images spread through the set (a phantom cohort without it), default settings otherwise.
 End-to-end images/s are divided by model-only images/s measured the same way on inputs
 already in memory (same shapes, same threads). Target >= 0.85. Rows:
@@ -48,6 +48,7 @@ from medxfer.pipeline.models.classifier import build_classifier
 from medxfer.pipeline.models.finetune import apply_strategy, parameter_groups
 from medxfer.pipeline.models.prefix import split_backbone
 from medxfer.pipeline.runs.config import load_config
+from medxfer.pipeline.training.prefix_cache import prefix_outputs
 from medxfer.pipeline.training.trainer import Trainer
 
 NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-pneumonia-256"
@@ -79,9 +80,9 @@ def write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-def first_batches(loop, steps: int):
+def first_batches(parts, steps: int):
     """The epoch's first batch, ``steps`` times: the same shapes with no loading at all."""
-    batch = next(iter(loop.batches(0)))
+    batch = next(iter(parts.batches(0)))
     return itertools.repeat(batch, steps)
 
 
@@ -89,7 +90,7 @@ def ratios(args: argparse.Namespace) -> None:
     print(f"{args.images} images of {'NIH' if (NIH / 'manifest.csv').is_file() else 'a phantom cohort'}, "
           f"{args.image_size} px, batch {args.batch_size}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"workers {args.workers}; "
-          f"the engine's own epoch (Trainer.run_epoch) and prefix cache")
+          f"the engine's own epoch (EpochRunner.train) and prefix cache")
     print(f"{'what':<44} {'end-to-end img/s':>17} {'model-only img/s':>17} {'ratio':>6}  target {TARGET}")
 
     def report(name: str, end_to_end: float, alone: float) -> None:
@@ -105,32 +106,36 @@ def ratios(args: argparse.Namespace) -> None:
                                         "workers": args.workers, **settings})
             trainer = Trainer(config.validate(need_data=True), log=lambda _: None)
             data = trainer.prepare()
+            execution = trainer.execution
             if data.frozen:
                 # Filling the cache: decoded images augmented and run through the frozen prefix,
                 # against the prefix alone on the same inputs already augmented in memory.
                 prefix = split_backbone(data.model, data.frozen)[0]
-                images = data.split_images("train")
+                images = data.data.split_images("train")
                 # Warm-up (oneDNN kernels, caches) on every batch shape the timed pass will see, a full
                 # batch and the last partial one: on CUDA the first call of each new shape costs seconds.
-                size = trainer._forward_batch
-                trainer._prefix_outputs(prefix, images[: max(16, size + len(images) % size)], data.augment, 0)
+                size = execution.forward_batch
+                prefix_outputs(prefix, images[: max(16, size + len(images) % size)], data.augment, 0,
+                               seed=trainer.config.seed, execution=execution)
                 start = time.perf_counter()
-                trainer._prefix_outputs(prefix, images, data.augment, 0)
+                prefix_outputs(prefix, images, data.augment, 0, seed=trainer.config.seed, execution=execution)
                 filled = len(images) / (time.perf_counter() - start)
                 inputs = [data.augment(image, seed=i) for i, image in enumerate(images)]
                 start = time.perf_counter()
                 with torch.no_grad():
                     for first in range(0, len(inputs), size):
-                        prefix(trainer._to_device(torch.stack(inputs[first : first + size])))
+                        prefix(execution.to_device(torch.stack(inputs[first : first + size])))
                 if trainer.device.type == "cuda":
                     torch.cuda.synchronize()  # kernels run asynchronously: count them all
                 report("default (partial), filling the prefix cache", filled,
                        len(inputs) / (time.perf_counter() - start))
-            loop = trainer.build_loop(data)
-            steps = loop.schedule.steps
-            trainer.run_epoch(0, first_batches(loop, 2), data.model, loop)  # warm-up, as above
-            end_to_end = trainer.run_epoch(0, loop.batches(0), data.model, loop)["images_per_second"]
-            alone = trainer.run_epoch(0, first_batches(loop, steps), data.model, loop)["images_per_second"]
+            parts = trainer.build_loop(data)
+            runner = parts.runner
+            steps = runner.schedule.steps
+            runner.optimisation.start(warmup=0, total=3 * steps, first_step=0)
+            runner.train(0, first_batches(parts, 2))  # warm-up, as above
+            end_to_end = runner.train(0, parts.batches(0)).images_per_second
+            alone = runner.train(0, first_batches(parts, steps)).images_per_second
             report(name, end_to_end, alone)
 
 

@@ -1,6 +1,6 @@
 """From scan pixels to network input: input preparation and X-ray augmentation (part 2)."""
 
-from medxfer.transforms.loading import AugmentedDataset, EpochSampler, augmented_loader, derived_seed
+from medxfer.transforms.loading import AugmentedDataset, derived_seed
 from medxfer.transforms.pipeline import XrayPipeline
 from medxfer.transforms.preparation import FITS, IMAGENET_MEAN, IMAGENET_STD, InputSpec, fit_image, prepare_input
 from medxfer.transforms.presets import (
@@ -22,12 +22,10 @@ __all__ = [
     "PRESET_NAMES",
     "AugmentParams",
     "AugmentedDataset",
-    "EpochSampler",
     "InputSpec",
     "XrayPipeline",
     "augmentation",
     "augmentation_from_config",
-    "augmented_loader",
     "derived_seed",
     "fit_image",
     "parse_override",

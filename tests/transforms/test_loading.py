@@ -1,13 +1,14 @@
-"""Reproducible augmented batches: per-image seeds, independent of DataLoader workers."""
+"""Reproducible augmented images: per-image seeds, independent of DataLoader workers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from medxfer.datasets.scan import MedxferWarning
-from medxfer.transforms.loading import AugmentedDataset, EpochSampler, augmented_loader, derived_seed
+from medxfer.transforms.loading import AugmentedDataset, derived_seed
 from medxfer.transforms.pipeline import XrayPipeline
 from medxfer.transforms.preparation import InputSpec
 
@@ -23,10 +24,11 @@ def dataset(preset: str = "standard", n: int = 10, seed: int = 5, **kwargs) -> A
 
 
 def batches(data: AugmentedDataset, workers: int, epochs=(0, 1), **kwargs) -> list:
-    loader = augmented_loader(data, batch_size=4, num_workers=workers, **kwargs)
+    """Each epoch's batches of 4, read with (epoch, index) keys in an order drawn per epoch."""
     out = []
     for epoch in epochs:
-        loader.sampler.set_epoch(epoch)
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(epoch)).tolist()
+        loader = DataLoader(data, batch_size=4, sampler=[(epoch, i) for i in order], num_workers=workers, **kwargs)
         out.append([(x.clone(), y.clone()) for x, y in loader])
     return out
 
@@ -51,18 +53,8 @@ def test_identical_batches_for_the_same_seed_with_0_and_2_workers():
         assert same(serial[epoch], parallel[epoch])
 
 
-def test_persistent_workers_see_the_epoch():
+def test_epochs_differ_in_augmentation_and_a_key_repeats_its_draw():
     data = dataset()
-    serial = batches(data, 0, epochs=(0, 1, 2))
-    persistent = batches(data, 2, epochs=(0, 1, 2), persistent_workers=True)
-    assert all(same(a, b) for a, b in zip(serial, persistent))
-
-
-def test_epochs_differ_in_order_and_augmentation():
-    data = dataset()
-    first, second = batches(data, 0)
-    labels = [y.tolist() for _, y in first], [y.tolist() for _, y in second]
-    assert labels[0] != labels[1]
     assert not torch.equal(data[(0, 3)][0], data[(1, 3)][0])
     assert torch.equal(data[(1, 3)][0], data[(1, 3)][0])
 
@@ -75,55 +67,15 @@ def test_copies_of_one_image_get_different_augmentations_across_workers():
     """The MONAI pitfall: workers that inherit one generator repeat each other's draws."""
     copies = [images(1)[0]] * 8
     data = dataset("standard", n=8, pixels=copies)
-    loader = augmented_loader(data, batch_size=1, num_workers=2, shuffle=False)
+    loader = DataLoader(data, batch_size=1, sampler=[(0, i) for i in range(8)], num_workers=2)
     outputs = [x[0] for x, _ in loader]
     assert all(not torch.equal(outputs[i], outputs[j]) for i in range(8) for j in range(i + 1, 8))
-
-
-class NumpyDraws:
-    """Images whose value is a draw from the global NumPy generator of the process reading them."""
-
-    def __len__(self) -> int:
-        return 4
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return np.full((8, 8), np.random.random(), np.float32)
-
-
-def test_worker_processes_get_distinct_reproducible_seeds():
-    data = AugmentedDataset(NumpyDraws(), None, XrayPipeline(InputSpec(image_size=16), "none"), seed=3)
-
-    def draws() -> list[float]:
-        loader = augmented_loader(data, batch_size=1, num_workers=2, shuffle=False)
-        return [float(x[0, 0, 0, 0]) for x in loader]
-
-    first = draws()
-    assert first == draws()  # reproducible from the run seed
-    assert len(set(first)) == 4  # workers do not repeat each other's draws
-
-
-def test_unshuffled_order_is_the_dataset_order():
-    sampler = EpochSampler(5, seed=3, shuffle=False)
-    sampler.set_epoch(2)
-    assert list(sampler) == [(2, i) for i in range(5)]
 
 
 def test_plain_index_reads_epoch_zero_and_warns_that_draws_repeat():
     data = dataset()
     with pytest.warns(MedxferWarning, match="every epoch repeats the same augmentation"):
         assert torch.equal(data[4][0], data[(0, 4)][0])
-
-
-def test_each_pass_over_the_loader_is_the_next_epoch():
-    """Forgetting set_epoch must not freeze augmentation; set_epoch picks the next pass's epoch."""
-    data = dataset()
-    loader = augmented_loader(data, batch_size=5, shuffle=False)
-    first = [x for x, _ in loader]
-    second = [x for x, _ in loader]
-    assert not torch.equal(first[0], second[0])
-    assert torch.equal(second[0][0], data[(1, 0)][0])
-    loader.sampler.set_epoch(0)
-    assert torch.equal(next(iter(loader))[0], first[0])
 
 
 def test_unlabelled_dataset_yields_tensors_only():

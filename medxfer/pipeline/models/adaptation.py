@@ -8,8 +8,9 @@ Three tools, from the cheapest to the most involved:
   after each backbone stage, initialised to the identity so the network is unchanged until it
   trains; ``finetune``'s ``adapters`` strategy then trains only adapters, norms and head.
 - DANN (Ganin & Lempitsky 2015): a gradient-reversal layer and a domain classifier on the pooled
-  features; ``dann_losses`` gives the task loss on labelled source scans plus the domain loss on
-  source and unlabelled target scans, the reversal weight ramped with ``dann_weight``.
+  features; ``domain_loss`` is the domain classifier's loss on source and unlabelled target
+  scans, added to the task loss by the training step (``medxfer.pipeline.training.steps``), the
+  reversal weight ramped with ``dann_weight``.
 """
 
 from __future__ import annotations
@@ -308,39 +309,6 @@ def dann_weight(progress: float, gamma: float = 10.0) -> float:
     if not gamma > 0:
         raise ValueError(f"gamma must be positive, got {gamma}")
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
-
-
-def dann_losses(
-    model: XrayClassifier,
-    domain_classifier: nn.Module,
-    source_x: torch.Tensor,
-    source_y: torch.Tensor,
-    target_x: torch.Tensor,
-    weight: float,
-    *,
-    multi_label: bool | None = None,
-) -> dict[str, torch.Tensor]:
-    """Losses of one DANN step: ``{"total", "task", "domain"}``, scalars, total = task + domain.
-
-    Source and target images (B_s and B_t, C, H, W) go through the backbone as one batch (so
-    BatchNorm sees both sites). ``task``: cross-entropy of the head on the source images against
-    class indices ``source_y`` (B_s,), or binary cross-entropy against 0/1 findings (B_s, K) when
-    ``multi_label`` (default: ``model.multi_label``). ``domain``: binary cross-entropy of
-    ``domain_classifier`` on the pooled features of all images (source 0, target 1), seen through
-    a gradient-reversal layer of weight ``weight`` (>= 0, e.g. ``dann_weight(progress)``): the
-    domain classifier learns to tell the sites apart while the backbone gets ``-weight`` times its
-    gradient, learning features that do not. The weight acts only on the gradient, not on the
-    loss values.
-    """
-    multi_label = model.multi_label if multi_label is None else multi_label
-    features = model.features(torch.cat([source_x, target_x]))
-    logits = model.head(features[: len(source_x)])
-    if multi_label:
-        task = F.binary_cross_entropy_with_logits(logits, source_y.to(logits.dtype))
-    else:
-        task = F.cross_entropy(logits, source_y)
-    domain = domain_loss(domain_classifier(GradientReversalLayer(weight)(features)), len(source_x))
-    return {"total": task + domain, "task": task, "domain": domain}
 
 
 def domain_loss(domain_logits: torch.Tensor, n_source: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save
 
 from medxfer.files import atomic_write_bytes
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
 _STATE_KEY = "medxfer_checkpoint"
 
 

@@ -11,7 +11,6 @@ from medxfer.pipeline.models.classifier import build_classifier
 from medxfer.pipeline.models.finetune import (
     NORM_TYPES,
     STRATEGIES,
-    GradualUnfreezing,
     apply_strategy,
     layer_groups,
     parameter_groups,
@@ -63,7 +62,7 @@ def test_frozen_parameters_get_no_gradient_and_do_not_change_after_a_step(backbo
     frozen parameters get no gradient and keep their values, and frozen BatchNorm layers
     their running statistics; the trainable ones get gradients and move."""
     model = classifier(backbone, strategy, **kwargs).train()
-    optimizer = torch.optim.AdamW(parameter_groups(model, lr=1e-2, weight_decay=0.5, include_frozen=True))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     frozen_bn = frozen_batchnorms(model)
     assert frozen_bn or strategy == "adapters"  # adapters train every normalisation layer
@@ -174,8 +173,6 @@ def test_parameter_groups_hold_only_trainable_parameters_and_no_empty_groups():
     groups = parameter_groups(model, lr=1e-3, layer_decay=0.8)
     assert {g["name"] for g in groups} == {"head", "head no_decay", "stage 4", "stage 4 no_decay"}
     assert all(g["params"] and all(p.requires_grad for p in g["params"]) for g in groups)
-    everything = parameter_groups(model, lr=1e-3, include_frozen=True)
-    assert sum(len(g["params"]) for g in everything) == len(list(model.parameters()))
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "convnext_tiny"])
@@ -190,38 +187,6 @@ def test_no_weight_decay_on_biases_and_norms(backbone):
         assert decay[id(param)] == expected, name
 
 
-def test_gradual_unfreezing_opens_one_stage_per_epoch_then_everything():
-    model = classifier("resnet18")
-    schedule = GradualUnfreezing(every=1, start=1)
-    opened = [schedule.apply(model, epoch) for epoch in range(2)]
-    assert opened == [0, 1] and trainable(model) == under(model, ["head", "backbone.layer4"])
-    assert schedule.apply(model, 3) == 3
-    assert trainable(model) == under(model, ["head", "backbone.layer2", "backbone.layer3", "backbone.layer4"])
-    assert schedule.apply(model, 4) == 4 and schedule.apply(model, 50) == 4
-    assert all(p.requires_grad for p in model.parameters())  # stem included
-
-    slow = GradualUnfreezing(every=2)
-    assert [slow.apply(model, e) for e in range(6)] == [1, 1, 2, 2, 3, 3]
-    assert schedule.apply(model, 0) == 0 and trainable(model) == under(model, ["head"])
-
-
-def test_gradual_unfreezing_steps_need_no_new_optimizer():
-    """An optimizer built once over every parameter trains each newly opened stage."""
-    model = classifier("resnet18").train()
-    schedule = GradualUnfreezing()
-    optimizer = torch.optim.AdamW(parameter_groups(model, lr=1e-2, layer_decay=0.5, include_frozen=True))
-    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
-    for epoch in range(2):
-        schedule.apply(model, epoch)
-        model.train()
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-        assert changed == trainable(model), epoch
-
-
 def test_bad_strategy_names_the_valid_ones():
     model = classifier("resnet18")
     with pytest.raises(ValueError, match="linear, partial, full, adapters"):
@@ -232,13 +197,3 @@ def test_bad_strategy_names_the_valid_ones():
             apply_strategy(model, "partial", trainable_stages=stages)
     with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):
         parameter_groups(model, lr=1e-3, layer_decay=1.5)
-    with pytest.raises(ValueError, match="every >= 1"):
-        GradualUnfreezing(every=0).apply(model, 0)
-
-
-def test_gradual_unfreezing_refuses_a_model_with_adapters():
-    from medxfer.pipeline.models.adaptation import add_adapters
-
-    model = add_adapters(classifier("resnet18"))
-    with pytest.raises(ValueError, match="does not combine with adapters"):
-        GradualUnfreezing().apply(model, 0)

@@ -19,17 +19,10 @@ from safetensors.torch import load_file
 
 from medxfer.pipeline.cli.main import main
 from medxfer.pipeline.runs.config import TrainConfig, load_config
+from medxfer.pipeline.runs.files import CHECKPOINT_FILE
 from medxfer.pipeline.runs.saving import load_model
 from medxfer.pipeline.runtime.distributed import Distributed
-from medxfer.pipeline.training.checkpoint import CHECKPOINT_FILE
-from medxfer.pipeline.training.trainer import (
-    RunDirectoryError,
-    Trainer,
-    _Schedule,
-    auroc,
-    imbalance_weights,
-    train,
-)
+from medxfer.pipeline.training.trainer import RunDirectoryError, Trainer, train
 
 
 def small(cohort, out: Path, **changes) -> TrainConfig:
@@ -212,25 +205,6 @@ def test_early_stopping_restores_the_best_epoch_and_survives_a_resume(cohort, tm
               log=quiet)
 
 
-def test_balanced_sampler_draws_classes_equally_often(cohort, tmp_path):
-    labels = torch.tensor([0] * 30 + [1] * 6)
-    config = small(cohort, tmp_path / "x", imbalance="sampler", batch_size=6)
-    schedule = _Schedule(labels, config, Distributed())
-    drawn = torch.tensor([i for epoch in range(20) for batch in schedule.batches(epoch) for i in batch])
-    share = (labels[drawn] == 1).float().mean().item()
-    assert 0.4 < share < 0.6  # sampled equally often, not 1 in 6
-
-
-def test_class_weights_are_balanced_and_average_one():
-    labels = torch.tensor([0] * 30 + [1] * 6)
-    weights = imbalance_weights(labels, 2, "weighted")
-    torch.testing.assert_close(weights, torch.tensor([36 / 60, 36 / 12]))
-    assert weights[labels].mean().item() == pytest.approx(1.0)
-    # Each class then contributes equally to the loss: 30 x 0.6 == 6 x 3.0.
-    assert (weights[labels] * (labels == 0)).sum().item() == pytest.approx((weights[labels] * (labels == 1)).sum().item())
-    assert torch.equal(imbalance_weights(labels, 2, "none"), torch.ones(2))
-
-
 def test_weighted_loss_leans_towards_the_rare_class(cohort, tmp_path):
     # Keep every 'opacity' image of site a only: about 1 in 4 images is then positive.
     with open(cohort.manifest, newline="") as handle:
@@ -260,26 +234,6 @@ def test_weighted_loss_leans_towards_the_rare_class(cohort, tmp_path):
         minority[imbalance] = probabilities[:, recipe["classes"].index("opacity")].mean().item()
     assert sum(r["label"] == "opacity" for r in kept) < len(kept) / 3
     assert minority["weighted"] > minority["none"]
-
-
-def test_single_process_schedule_covers_each_image_at_most_once_per_epoch(cohort, tmp_path):
-    labels = torch.tensor([0, 1] * 25)
-    schedule = _Schedule(labels, small(cohort, tmp_path / "x", batch_size=8), Distributed())
-    batches = schedule.batches(3)
-    flat = [i for batch in batches for i in batch]
-    assert len(batches) == 50 // 8 and all(len(b) == 8 for b in batches)
-    assert len(set(flat)) == len(flat)
-    assert schedule.batches(3) == batches and schedule.batches(4) != batches
-
-
-def test_two_process_slices_are_the_single_process_batches(cohort, tmp_path):
-    labels = torch.tensor([0, 1] * 25)
-    single = _Schedule(labels, small(cohort, tmp_path / "x", batch_size=8), Distributed())
-    ranks = [_Schedule(labels, small(cohort, tmp_path / "x", batch_size=4), Distributed(rank=r, world_size=2))
-             for r in range(2)]
-    for epoch in range(3):
-        merged = [a + b for a, b in zip(ranks[0].batches(epoch), ranks[1].batches(epoch))]
-        assert merged == single.batches(epoch)
 
 
 @pytest.mark.parametrize("strategy", ["full", "adapters"])
@@ -328,21 +282,6 @@ def test_dann_trains_with_a_domain_classifier(cohort, tmp_path):
     assert any("target site" in m for m in messages)
 
 
-def test_auroc_is_macro_one_vs_rest_for_three_classes():
-    labels = np.array([0, 1, 2, 0, 1, 2])
-    logits = np.eye(3)[labels] * 3.0
-    assert auroc(labels, logits) == 1.0
-    assert np.isnan(auroc(np.array([1, 1]), np.array([[0.2, 0.8], [0.4, 0.6]])))
-
-
-def test_auroc_ranks_logits_beyond_where_softmax_saturates():
-    # float32 softmax rounds all four to P = 1.0 and would tie them (AUROC 0.5)
-    labels = np.array([0, 0, 1, 1])
-    logits = np.array([[0.0, 40.0], [0.0, 50.0], [0.0, 60.0], [0.0, 70.0]], dtype=np.float32)
-    assert torch.softmax(torch.from_numpy(logits), 1)[:, 1].unique().numel() == 1
-    assert auroc(labels, logits) == 1.0
-
-
 def test_cli_reports_an_unknown_config_key(cohort, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("lrate: 0.01\n")
@@ -387,14 +326,6 @@ def test_two_cpu_processes_match_one_process(cohort, tmp_path):
         assert float(row_a["val_auroc"]) == pytest.approx(float(row_b["val_auroc"]), abs=1e-6)
         assert float(row_a["train_loss"]) == pytest.approx(float(row_b["train_loss"]), rel=1e-4)
     assert (tmp_path / "two" / "environment.json").is_file()
-
-
-def test_readme_lists_every_setting():
-    from medxfer.pipeline.runs.config import CONFIG_KEYS
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    missing = [key for key in CONFIG_KEYS if f"`{key}`" not in readme.split("## Training", 1)[1]]
-    assert not missing
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):

@@ -1,0 +1,31 @@
+"""The training history: one row per epoch, kept in memory and written to ``history.csv``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medxfer.csvfiles import write_csv
+from medxfer.pipeline.training.epoch import EpochRecord
+from medxfer.pipeline.training.loop import Callback, TrainingLoop
+
+
+class History(Callback):
+    """Appends each epoch's row (``EpochRecord.row``) to ``rows_`` and, when ``write`` (rank 0),
+    rewrites ``path`` with every row so far (floats to 6 significant digits)."""
+
+    def __init__(self, path: Path, *, write: bool) -> None:
+        self.path, self.write = path, write
+        self.rows_: list[dict[str, float]] = []
+
+    def on_epoch_end(self, loop: TrainingLoop, record: EpochRecord) -> None:
+        self.rows_.append(record.row())
+        if self.write:
+            write_csv(self.path, list(self.rows_[0]),
+                      ({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in self.rows_))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.rows_}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows_ = state["history"]
