@@ -36,14 +36,13 @@ import numpy as np
 from scipy.special import logit
 from scipy.stats import norm
 
-from medxfer.pipeline.calibration.calibrators import (
-    TemperatureScaling,
-    expected_calibration_error,
-    negative_log_likelihood,
-)
-from medxfer.pipeline.evaluation.evaluator import EvaluationSettings, SplitInputs, choose_threshold, evaluate
+from medxfer.pipeline.calibration.calibrators import TemperatureScaling
+from medxfer.pipeline.calibration.metrics import expected_calibration_error, negative_log_likelihood
+from medxfer.pipeline.evaluation.evaluator import evaluate
+from medxfer.pipeline.evaluation.inputs import EvaluationSettings, SplitInputs
 from medxfer.pipeline.evaluation.simulation import CLASSES, SimulatedSet, simulate_test_set
 from medxfer.pipeline.evaluation.simulation import simulated_report as report
+from medxfer.pipeline.evaluation.threshold import choose_threshold
 from medxfer.pipeline.statistics.bootstrap import bootstrap_values, draw_resamples, percentile_interval
 from medxfer.pipeline.statistics.intervals import (
     auroc_estimate,

@@ -1,5 +1,6 @@
 """Logits to calibrated probabilities.
 
-Owns the post-hoc calibrators fitted on validation logits and the calibration metrics
-(``calibrators``). Imports nothing else from ``medxfer.pipeline``.
+Owns the post-hoc calibrators fitted on validation logits with their registry
+(``calibrators``), the calibration metrics (``metrics``) and the input checks both share
+(``arrays``). Imports nothing else from ``medxfer.pipeline``.
 """

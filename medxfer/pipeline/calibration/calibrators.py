@@ -1,4 +1,4 @@
-"""Post-hoc probability calibration and calibration metrics.
+"""Post-hoc probability calibration of a softmax classifier's logits.
 
 A network fine-tuned on a few hundred X-rays ranks images well but its softmax probabilities
 are usually overconfident: "95 % PNEUMONIA" is right far less often than 95 % of the time.
@@ -11,22 +11,15 @@ validation split, after training, without touching the network:
   threshold chosen on calibrated probabilities selects the same images as one on raw ones;
 - ``VectorScaling`` (``"vector"``): a scale and a bias per class, softmax(logits * scale + bias);
   more flexible, and it can change the predicted class;
-- ``IdentityCalibration`` (``"none"``): plain softmax, for runs that keep raw probabilities;
-- ``ClasswiseTemperatureScaling``: one temperature per output of a multi-label model with
-  independent sigmoid outputs. medxfer's own models are softmax classifiers; this is the
-  library option for multi-label heads, and ``make_calibrator`` does not offer it.
+- ``IdentityCalibration`` (``"none"``): plain softmax, for runs that keep raw probabilities.
 
 Every calibrator follows scikit-learn's conventions (learned state ends in ``_``, ``fit``
 returns ``self``, use before ``fit`` raises ``sklearn.exceptions.NotFittedError``), works on
 numpy arrays, and saves to a JSON-ready dict (``to_dict``) that ``calibrator_from_dict``
-restores: this is ``calibration.json`` in a run directory.
+restores: this is ``calibration.json`` in a run directory. ``make_calibrator`` and
+``calibrator_from_dict`` are the registry, keyed by ``CALIBRATION_METHODS``.
 
-The metrics take true class indices (n,) and probabilities (n, K) and measure calibration:
-expected (``expected_calibration_error``, equal-width bins, and
-``adaptive_calibration_error``, equal-mass bins) and maximum calibration error over
-top-label confidence, the bins of a reliability diagram (``reliability_bins``), the Brier
-score and the negative log-likelihood. They are vectorised, since bootstraps call them many
-thousands of times.
+The calibration metrics live in ``metrics`` and are re-exported here, where they used to be.
 """
 
 from __future__ import annotations
@@ -36,10 +29,28 @@ from typing import Any, ClassVar
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
-from scipy.special import expit, log_softmax, logsumexp, softmax
+from scipy.special import log_softmax, logsumexp, softmax
 from sklearn.base import BaseEstimator
-from sklearn.metrics import brier_score_loss, log_loss
 from sklearn.utils.validation import check_is_fitted
+
+from medxfer.pipeline.calibration.arrays import check_class_indices, check_logits
+from medxfer.pipeline.calibration.metrics import (
+    adaptive_calibration_error,
+    brier_score,
+    brier_terms,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    positive_class_calibration_error,
+    reliability_bins,
+)
+
+__all__ = [
+    "BIAS_BOUNDS", "CALIBRATION_METHODS", "SCALE_BOUNDS", "TEMPERATURE_BOUNDS", "IdentityCalibration",
+    "TemperatureScaling", "VectorScaling", "adaptive_calibration_error", "brier_score", "brier_terms",
+    "calibrator_from_dict", "expected_calibration_error", "make_calibrator", "maximum_calibration_error",
+    "negative_log_likelihood", "positive_class_calibration_error", "reliability_bins",
+]
 
 CALIBRATION_METHODS = ("temperature", "vector", "none")
 
@@ -49,77 +60,6 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)
 SCALE_BOUNDS = TEMPERATURE_BOUNDS
 BIAS_BOUNDS = (-20.0, 20.0)
 
-# Largest tolerated deviation of a probability row's sum from 1 (float32 softmax outputs and
-# probabilities read back from CSV are off by far less; logits or sigmoid outputs by far more).
-_ROW_SUM_TOLERANCE = 1e-3
-
-
-# ---------------------------------------------------------------------------- input checks
-
-
-def _check_logits(logits: Any, min_classes: int = 2) -> np.ndarray:
-    """``logits`` as a finite float64 array of shape (n, K) with n >= 1 and K >= ``min_classes``."""
-    array = np.asarray(logits, dtype=float)
-    if array.ndim != 2:
-        raise ValueError(f"logits must be a 2-D array (n images, K classes), got shape {array.shape}")
-    if array.shape[0] == 0:
-        raise ValueError("logits are empty: need at least one image")
-    if array.shape[1] < min_classes:
-        raise ValueError(f"logits need at least {min_classes} column(s) (classes), got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError("logits contain NaN or infinite values")
-    return array
-
-
-def _check_class_indices(labels: Any, n: int, n_classes: int) -> np.ndarray:
-    """``labels`` as an int array of shape (n,) with values in [0, ``n_classes``)."""
-    array = np.asarray(labels)
-    if array.ndim != 1:
-        raise ValueError(f"labels must be a 1-D array of class indices, got shape {array.shape}")
-    if len(array) != n:
-        raise ValueError(f"labels and scores differ in length: {len(array)} labels for {n} images")
-    if array.dtype.kind not in "iub":
-        raise ValueError(f"labels must be integer class indices 0 to {n_classes - 1}, got dtype {array.dtype}")
-    if n and (array.min() < 0 or array.max() >= n_classes):
-        raise ValueError(
-            f"labels must be class indices 0 to {n_classes - 1} (one per column), "
-            f"got values from {array.min()} to {array.max()}"
-        )
-    return array.astype(np.intp, copy=False)
-
-
-def _check_scores(labels: Any, probabilities: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Checked (labels (n,), probabilities (n, K)) for the metrics: same length, n >= 1, K >= 2,
-    probabilities in [0, 1] with rows summing to 1, labels in [0, K). A floating-point array
-    keeps its dtype (float32 is fine), anything else becomes float64."""
-    array = np.asarray(probabilities)
-    if array.dtype.kind != "f":
-        array = array.astype(float)
-    if array.ndim != 2:
-        raise ValueError(f"probabilities must be a 2-D array (n images, K classes), got shape {array.shape}")
-    if array.shape[0] == 0:
-        raise ValueError("no images to score: probabilities are empty")
-    if array.shape[1] < 2:
-        raise ValueError(f"probabilities need one column per class (at least 2), got shape {array.shape}")
-    if not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
-        raise ValueError("probabilities must be finite and in [0, 1] (pass softmax outputs, not logits)")
-    deviation = np.abs(array.sum(axis=1) - 1)
-    if deviation.max() > _ROW_SUM_TOLERANCE:
-        row = int(deviation.argmax())
-        raise ValueError(
-            f"each row of probabilities must sum to 1 (softmax outputs), row {row} sums to {array[row].sum():.6g}"
-        )
-    return _check_class_indices(labels, array.shape[0], array.shape[1]), array
-
-
-def _check_n_bins(n_bins: int) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    return int(n_bins)
-
-
-# ---------------------------------------------------------------------------- calibrators
-
 
 class _Calibrator(BaseEstimator):
     """Shared parts of the softmax calibrators: input checks, ``predict_proba``, ``to_dict``."""
@@ -128,12 +68,12 @@ class _Calibrator(BaseEstimator):
     _learned: ClassVar[tuple[str, ...]]  # fitted attributes, each also a key of to_dict
 
     def _check_fit_input(self, logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-        z = _check_logits(logits)
-        return z, _check_class_indices(labels, z.shape[0], z.shape[1])
+        z = check_logits(logits)
+        return z, check_class_indices(labels, z.shape[0], z.shape[1])
 
     def _check_transform_input(self, logits: Any) -> np.ndarray:
         check_is_fitted(self, "n_classes_")
-        z = _check_logits(logits)
+        z = check_logits(logits)
         if z.shape[1] != self.n_classes_:
             raise ValueError(f"{type(self).__name__} was fitted on {self.n_classes_} classes, got logits of shape {z.shape}")
         return z
@@ -297,60 +237,9 @@ class IdentityCalibration(_Calibrator):
         return None
 
 
-class ClasswiseTemperatureScaling(_Calibrator):
-    """Class-wise temperature scaling for multi-label models with independent sigmoid outputs:
-    probabilities sigmoid(logits[:, k] / T_k), one temperature per output.
-
-    ``fit`` takes logits (n, K) and binary labels (n, K) in {0, 1} (one column per finding,
-    several may be 1 for one image) and fits each T_k separately by minimising that output's
-    mean binary negative log-likelihood, searched over log T_k in ``TEMPERATURE_BOUNDS``. An
-    output whose labels are all 0 or all 1 on the fitting set has no finite optimum: its
-    temperature ends at a bound. Probabilities of different outputs do not sum to 1.
-
-    Learned: ``temperatures_`` (K,), ``n_classes_`` (int, K, 1 or more).
-    """
-
-    method = "classwise_temperature"
-    _learned = ("temperatures",)
-
-    def fit(self, logits: Any, labels: Any) -> ClasswiseTemperatureScaling:
-        """Fit on logits (n, K) and binary labels (n, K) in {0, 1}; returns ``self``."""
-        z = _check_logits(logits, min_classes=1)
-        y = np.asarray(labels)
-        if y.shape != z.shape:
-            raise ValueError(f"labels must have the shape of the logits, (n, K) = {z.shape}, got {y.shape}")
-        if y.dtype.kind not in "iufb" or not np.isin(y, (0, 1)).all():
-            raise ValueError("labels of a multi-label model must be 0 or 1 (one column per output)")
-        y = y.astype(float)
-
-        def binary_nll(column: int, t: float) -> float:
-            u = z[:, column] / t
-            return float(np.mean(np.logaddexp(0.0, u) - y[:, column] * u))
-
-        self.temperatures_ = np.array([
-            _fit_log_temperature(lambda t, column=column: binary_nll(column, t)) for column in range(z.shape[1])
-        ])
-        self.n_classes_ = z.shape[1]
-        return self
-
-    def _check_transform_input(self, logits: Any) -> np.ndarray:
-        check_is_fitted(self, "n_classes_")
-        z = _check_logits(logits, min_classes=1)
-        if z.shape[1] != self.n_classes_:
-            raise ValueError(f"{type(self).__name__} was fitted on {self.n_classes_} outputs, got logits of shape {z.shape}")
-        return z
-
-    def transform(self, logits: Any) -> np.ndarray:
-        """Scaled logits, logits[:, k] / T_k, (n, K)."""
-        return self._check_transform_input(logits) / self.temperatures_
-
-    def predict_proba(self, logits: Any) -> np.ndarray:
-        """Calibrated probability of each output, (n, K) in [0, 1], sigmoid(logits / T)."""
-        return expit(self.transform(logits))
-
 
 _CALIBRATORS: dict[str, type[_Calibrator]] = {
-    cls.method: cls for cls in (TemperatureScaling, VectorScaling, IdentityCalibration, ClasswiseTemperatureScaling)
+    cls.method: cls for cls in (TemperatureScaling, VectorScaling, IdentityCalibration)
 }
 
 
@@ -383,7 +272,7 @@ def _parameter(data: Mapping[str, Any], key: str, method: str, length: int | Non
 
 def calibrator_from_dict(data: Mapping[str, Any]) -> _Calibrator:
     """A fitted calibrator from the dict ``to_dict`` wrote (``calibration.json``), for any of
-    the four kinds. Keys other than the method's own (such as ``"fitted_on"``) are ignored.
+    the three kinds. Keys other than the method's own (such as ``"fitted_on"``) are ignored.
 
     Raises ``ValueError`` naming the problem: not a mapping, unknown ``"method"``, a missing
     or invalid ``"n_classes"`` or parameter (temperatures must be positive, vector scaling's
@@ -395,150 +284,15 @@ def calibrator_from_dict(data: Mapping[str, Any]) -> _Calibrator:
     if method not in _CALIBRATORS:
         raise ValueError(f"unknown calibration method {method!r}: use one of {', '.join(_CALIBRATORS)}")
     cls = _CALIBRATORS[method]
-    minimum = 1 if cls is ClasswiseTemperatureScaling else 2
     n_classes = data.get("n_classes")
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < minimum:
-        raise ValueError(f"calibration {method!r} needs 'n_classes', an integer >= {minimum}, got {n_classes!r}")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"calibration {method!r} needs 'n_classes', an integer >= 2, got {n_classes!r}")
     calibrator = cls()
     for name in cls._learned:
         value = _parameter(data, name, method, None if name == "temperature" else n_classes)
-        if name.startswith("temperature") and not (value > 0).all():
+        if name == "temperature" and not (value > 0).all():
             raise ValueError(f"calibration parameter {name!r} must be positive, got {data[name]!r}")
         setattr(calibrator, name + "_", float(value) if value.ndim == 0 else value)
     calibrator.n_classes_ = n_classes
     return calibrator
 
-
-# ---------------------------------------------------------------------------- metrics
-#
-# Written here because scikit-learn has no expected calibration error, and MONAI's
-# calibration_binning / CalibrationErrorMetric bin every class channel of (segmentation)
-# probability maps separately, not a classifier's top-label confidence.
-
-
-def _top_label(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence (n,), the largest probability of each row, and correctness (n,), 1.0 where
-    the most probable class (the first one on ties) is the true one."""
-    predicted = probabilities.argmax(axis=1)
-    confidence = probabilities[np.arange(len(predicted)), predicted].astype(float)
-    return confidence, (predicted == labels).astype(float)
-
-
-def _equal_width_bins(
-    labels: Any, probabilities: Any, n_bins: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Bin edges (n_bins + 1,) and per-bin count, sum of confidence and number correct
-    (n_bins,) each, and n, for equal-width bins [lower, upper) over [0, 1], the last bin
-    [lower, 1] closed."""
-    n_bins = _check_n_bins(n_bins)
-    labels, probabilities = _check_scores(labels, probabilities)
-    confidence, correct = _top_label(labels, probabilities)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.digitize(confidence, edges[1:-1])  # edges[i] <= c < edges[i + 1] -> i; 1.0 -> n_bins - 1
-    counts = np.bincount(index, minlength=n_bins)
-    sum_confidence = np.bincount(index, weights=confidence, minlength=n_bins)
-    sum_correct = np.bincount(index, weights=correct, minlength=n_bins)
-    return edges, counts, sum_confidence, sum_correct, len(labels)
-
-
-def expected_calibration_error(labels: Any, probabilities: Any, n_bins: int = 15) -> float:
-    """Top-label expected calibration error (Guo et al. 2017), in [0, 1].
-
-    ``labels``: true class indices (n,) in [0, K); ``probabilities``: (n, K), rows summing to 1.
-    The confidence of an image is its largest probability, and it is correct when that class
-    is the true one. Confidences go into ``n_bins`` equal-width bins over [0, 1], each bin
-    [lower, upper) closed on the left, the last one [lower, 1] closed on both sides; the ECE is
-    the sum over bins of (count / n) * |accuracy - mean confidence|. 0 is perfect.
-    """
-    _, _, sum_confidence, sum_correct, n = _equal_width_bins(labels, probabilities, n_bins)
-    return float(np.abs(sum_correct - sum_confidence).sum() / n)
-
-
-def maximum_calibration_error(labels: Any, probabilities: Any, n_bins: int = 15) -> float:
-    """Top-label maximum calibration error, in [0, 1]: the largest |accuracy - mean confidence|
-    over the non-empty bins of ``expected_calibration_error`` (same inputs and bins). Always
-    at least the ECE; noisy on small sets, where a bin may hold one image."""
-    _, counts, sum_confidence, sum_correct, _ = _equal_width_bins(labels, probabilities, n_bins)
-    filled = counts > 0
-    return float((np.abs(sum_correct[filled] - sum_confidence[filled]) / counts[filled]).max())
-
-
-def positive_class_calibration_error(labels: Any, probabilities: Any, positive: int, n_bins: int = 15) -> float:
-    """Expected calibration error of the probability of one class, in [0, 1]: the calibrated
-    P(``positive``) of every image in ``n_bins`` equal-width bins over [0, 1] (as
-    ``expected_calibration_error``), and the sum over bins of (count / n) * |share of images of
-    that class - mean P|. For two classes this is the ECE that torchmetrics' and netcal's binary
-    ECE report; the top-label ECE of ``expected_calibration_error`` looks at max(P, 1 - P) and is
-    usually smaller on the same scores (about half in the audit's simulations; 0.093 against
-    0.111 on the NIH run)."""
-    n_bins = _check_n_bins(n_bins)
-    labels, probabilities = _check_scores(labels, probabilities)
-    p = probabilities[:, positive].astype(float)
-    hit = (labels == positive).astype(float)
-    index = np.digitize(p, np.linspace(0.0, 1.0, n_bins + 1)[1:-1])
-    difference = np.bincount(index, weights=hit - p, minlength=n_bins)
-    return float(np.abs(difference).sum() / len(labels))
-
-
-def adaptive_calibration_error(labels: Any, probabilities: Any, n_bins: int = 15) -> float:
-    """Top-label expected calibration error with equal-mass bins, in [0, 1].
-
-    Same inputs and definition as ``expected_calibration_error``, but the images, sorted by
-    confidence, are split into ``n_bins`` groups of nearly equal size (sizes differ by at most
-    one; with fewer than ``n_bins`` images, one image per group), so every bin holds data even
-    when confidences crowd near 1. Images with equal confidence may fall in neighbouring
-    groups. This is the top-label variant, not the class-wise adaptive calibration error of
-    Nixon et al. 2019.
-    """
-    n_bins = _check_n_bins(n_bins)
-    labels, probabilities = _check_scores(labels, probabilities)
-    confidence, correct = _top_label(labels, probabilities)
-    n = len(labels)
-    groups = min(n_bins, n)
-    order = np.argsort(confidence, kind="stable")
-    index = np.arange(n) * groups // n  # sorted position -> group, sizes floor or ceil of n / groups
-    difference = np.bincount(index, weights=correct[order] - confidence[order], minlength=groups)
-    return float(np.abs(difference).sum() / n)
-
-
-def reliability_bins(labels: Any, probabilities: Any, n_bins: int = 15) -> list[dict[str, Any]]:
-    """The data of a reliability diagram: one dict per equal-width bin of
-    ``expected_calibration_error`` (same inputs and bins), from low to high confidence, with
-    ``"lower"`` and ``"upper"`` (bin edges in [0, 1]), ``"confidence"`` (mean top-label
-    confidence) and ``"accuracy"`` (share correct), both None for an empty bin, and
-    ``"count"`` (images). The ECE is the sum of count / n * |accuracy - confidence|.
-    """
-    edges, counts, sum_confidence, sum_correct, _ = _equal_width_bins(labels, probabilities, n_bins)
-    return [
-        {
-            "lower": float(edges[i]),
-            "upper": float(edges[i + 1]),
-            "confidence": float(sum_confidence[i] / counts[i]) if counts[i] else None,
-            "accuracy": float(sum_correct[i] / counts[i]) if counts[i] else None,
-            "count": int(counts[i]),
-        }
-        for i in range(len(counts))
-    ]
-
-
-def brier_score(labels: Any, probabilities: Any) -> float:
-    """Brier score, by ``sklearn.metrics.brier_score_loss`` with its default
-    ``scale_by_half="auto"``; lower is better.
-
-    ``labels``: true class indices (n,) in [0, K); ``probabilities``: (n, K). With K classes
-    it is mean over images of sum over classes of (p_k - [y == k])^2, halved when K == 2:
-    for two classes this equals the usual positive-class Brier score mean((p_1 - y)^2), in
-    [0, 1]; for more classes it is the unhalved multi-class score, in [0, 2]. The number of
-    classes is K (the columns), even when some class is absent from ``labels``.
-    """
-    labels, probabilities = _check_scores(labels, probabilities)
-    return float(brier_score_loss(labels, probabilities, labels=range(probabilities.shape[1])))
-
-
-def negative_log_likelihood(labels: Any, probabilities: Any) -> float:
-    """Mean negative log-likelihood (cross-entropy, nats) of the true classes,
-    mean(-log p[y]), by ``sklearn.metrics.log_loss`` (which clips probabilities to
-    [eps, 1 - eps] for the array's float type, so a zero probability gives a large finite
-    value). ``labels``: true class indices (n,) in [0, K); ``probabilities``: (n, K)."""
-    labels, probabilities = _check_scores(labels, probabilities)
-    return float(log_loss(labels, probabilities, labels=range(probabilities.shape[1])))

@@ -12,8 +12,9 @@ flags, every comparison made with its p-values, and what the control guarantees.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
+from medxfer.pipeline.evaluation.schema import Bias, BiasFlag, Split, Subgroup
+from medxfer.pipeline.evaluation.wording import number, p_value, percent, with_interval
 from medxfer.pipeline.statistics.comparisons import MIN_CLASS_PATIENTS, MIN_FLAG_GAP, MIN_GROUP_PATIENTS, Hypothesis
 
 NAMES = {"auroc": "AUROC", "sensitivity": "Sensitivity", "specificity": "Specificity"}
@@ -26,17 +27,14 @@ def guarantee(comparisons: int, alpha: float) -> str:
         return "No comparison was large enough to test, so nothing could be flagged."
     return (f"{comparisons} comparison(s) were tested together (subgroup gaps against the rest of the split, "
             f"confounding, score shifts), with Holm's procedure: when no group truly differs, the chance that this "
-            f"report carries any flag is at most {alpha:.0%}. Groups under {MIN_GROUP_PATIENTS} patients, or under "
-            f"{MIN_CLASS_PATIENTS} patients of a class a metric counts, are shown but never flagged; a performance "
-            f"gap is flagged only when it is also at least {MIN_FLAG_GAP:.2f}.")
+            f"report carries any flag is at most {percent(alpha, spaced=False)}. Groups under {MIN_GROUP_PATIENTS} "
+            f"patients, or under {MIN_CLASS_PATIENTS} patients of a class a metric counts, are shown but never flagged; "
+            f"a performance gap is flagged only when it is also at least {number(MIN_FLAG_GAP, 2, typeset=False)}.")
 
 
-def _interval(interval: Sequence[float] | None) -> str:
-    return "" if interval is None else f" ({interval[0]:.3f}\u2013{interval[1]:.3f})"
-
-
-def _p(value: float) -> str:
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+def _figure(entry: Subgroup, metric: str) -> str:
+    """A group's figure with its interval, as plain text: "0.710 (0.600–0.820)"."""
+    return with_interval(entry[metric], entry["ci"].get(metric), typeset=False)
 
 
 def _listing(pairs: Iterable[tuple[str, str]]) -> str:
@@ -48,36 +46,33 @@ def _listing(pairs: Iterable[tuple[str, str]]) -> str:
     return ", ".join(f"{group} {value}" for group, value in pairs)
 
 
-def _gap_flag(split: str, h: Hypothesis, entry: Mapping[str, Any], comparisons: int) -> dict[str, Any]:
+def _gap_flag(split: str, h: Hypothesis, entry: Subgroup, comparisons: int) -> BiasFlag:
     rest = entry[h.metric] - h.test.difference
-    sentence = (f"{NAMES[h.metric]} for {h.attribute} {h.group} is {entry[h.metric]:.3f}"
-                f"{_interval(entry['ci'].get(h.metric))}, {abs(h.test.difference):.3f} below the rest of the split's "
-                f"{rest:.3f} (n = {entry['n']}"
-                + (f", prevalence {entry['prevalence']:.0%}" if entry.get("prevalence") is not None else "")
-                + f"); adjusted p = {_p(h.adjusted_p)} over {comparisons} comparisons.")
+    sentence = (f"{NAMES[h.metric]} for {h.attribute} {h.group} is {_figure(entry, h.metric)}, "
+                f"{number(abs(h.test.difference), typeset=False)} below the rest of the split's "
+                f"{number(rest, typeset=False)} (n = {number(entry['n'], typeset=False)}"
+                + (f", prevalence {percent(entry['prevalence'], spaced=False)}" if entry["prevalence"] is not None
+                   else "")
+                + f"); adjusted p = {p_value(h.adjusted_p)} over {comparisons} comparisons.")
     return {"split": split, "attribute": h.attribute, "group": h.group, "metric": h.metric, "kind": "gap",
             "value": entry[h.metric], "rest": rest, "gap": h.test.difference, "ci": [h.test.low, h.test.high],
             "p_value": h.test.p_value, "adjusted_p": h.adjusted_p, "sentence": sentence}
 
 
-def _separation_text(entry: Mapping[str, Any]) -> str:
-    return f"{entry['score_separation']:.3f}{_interval(entry['ci'].get('score_separation'))}"
-
-
-def _attribute_flag(split: str, attribute: str, groups: Mapping[str, Any], positive: str,
-                    confounded: list[Hypothesis], shifted: list[Hypothesis], comparisons: int) -> dict[str, Any]:
+def _attribute_flag(split: str, attribute: str, groups: Mapping[str, Subgroup], positive: str,
+                    confounded: list[Hypothesis], shifted: list[Hypothesis], comparisons: int) -> BiasFlag:
     known = {g: e for g, e in groups.items() if g != "unknown"}
-    within = _listing((g, f"{e['auroc']:.3f}") for g, e in known.items() if e.get("auroc") is not None)
+    within = _listing((g, number(e["auroc"], typeset=False)) for g, e in known.items() if e["auroc"] is not None)
     shift_text = ""
     if shifted:
-        named = _listing((h.group, _separation_text(known[h.group])) for h in shifted if h.group in known)
+        named = _listing((h.group, _figure(known[h.group], "score_separation")) for h in shifted if h.group in known)
         shift_text = (f"Within each class the model's P({positive}) tells these {attribute} groups from the rest "
                       f"(AUROC {named}; 0.5 would be no difference; adjusted p = "
-                      f"{_p(min(h.adjusted_p for h in shifted))})")
+                      f"{p_value(min(h.adjusted_p for h in shifted))})")
     if confounded:
-        shares = _listing((g, f"{e['prevalence']:.0%}") for g, e in known.items())
+        shares = _listing((g, percent(e["prevalence"], spaced=False)) for g, e in known.items())
         sentence = (f"The share of {positive} differs by {attribute} ({shares}; adjusted p = "
-                    f"{_p(min(h.adjusted_p for h in confounded))} over {comparisons} comparisons): {attribute} is "
+                    f"{p_value(min(h.adjusted_p for h in confounded))} over {comparisons} comparisons): {attribute} is "
                     f"confounded with the label in this set, so a model can learn the {attribute} instead of the "
                     "finding, and the overall AUROC mixes both."
                     + (f" The AUROC within each {attribute} group ({within}) holds it fixed." if within else ""))
@@ -100,9 +95,9 @@ def _attribute_flag(split: str, attribute: str, groups: Mapping[str, Any], posit
             "adjusted_p": min(h.adjusted_p for h in tested), "sentence": sentence}
 
 
-def bias_summary(split: str, hypotheses: list[Hypothesis], entry: Mapping[str, Any],
+def bias_summary(split: str, hypotheses: list[Hypothesis], entry: Split,
                  groups: Mapping[str, Sequence[str]], skipped: Mapping[str, str], positive: str | None,
-                 level: float) -> dict[str, Any]:
+                 level: float) -> Bias:
     """The ``bias`` block of ``metrics.json`` for ``split`` (whose metrics are ``entry``)."""
     comparisons = len(hypotheses)
     subgroups = entry["subgroups"]

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import norm
 
-from medxfer.pipeline.evaluation.evaluator import EvaluationSettings, Evaluator, SplitInputs, evaluate
+from medxfer.pipeline.evaluation.decision import Evaluator
+from medxfer.pipeline.evaluation.evaluator import evaluate
+from medxfer.pipeline.evaluation.inputs import EvaluationSettings, SplitInputs
 
 CLASSES = ("normal", "opacity")  # class 1, the positive class, is the simulated finding
 SEXES = ("F", "M")

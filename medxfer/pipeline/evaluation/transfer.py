@@ -39,9 +39,9 @@ somewhat more often than the 1 % the tests alone allow.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
+from medxfer.pipeline.evaluation.schema import Interval, Split, Statistic
+from medxfer.pipeline.evaluation.wording import interval, number, percent
 from medxfer.pipeline.statistics.intervals import standard_error_of, t_p_value
 
 ALPHA = 0.01
@@ -52,7 +52,7 @@ CONFIDENCE_SHIFT = 0.05
 CHANCE, SHIFT = "not shown better than chance", "does not transfer"
 
 
-def _differs(here: list[float] | None, there: list[float] | None, margin: float) -> bool:
+def _differs(here: Statistic | None, there: Statistic | None, margin: float) -> bool:
     """Whether two [value, standard error, df] statistics differ at p < ``ALPHA / SHIFT_TESTS``
     and by ``margin``."""
     if not here or not there:
@@ -64,35 +64,38 @@ def _differs(here: list[float] | None, there: list[float] | None, margin: float)
     return t_p_value((a - b) / se, min(df_a, df_b)) < ALPHA / SHIFT_TESTS
 
 
-def _interval(block: Mapping[str, Any], key: str) -> list[float] | None:
-    return (block.get("ci") or {}).get(key)
+def _interval(block: Split, key: str) -> Interval | None:
+    return block["ci"].get(key)
 
 
-def _read_back(block: Mapping[str, Any], metric: str) -> list[float] | None:
+def _read_back(block: Split, metric: str) -> Statistic | None:
     """[value, standard error, df] of a rate from its 95 % interval, for a run whose metrics
     predate ``transfer_statistics``: df the split's patients less one (at least the df the
     interval was built with, so the error read back is not too small)."""
-    interval, value, patients = _interval(block, metric), block.get(metric), block.get("n_patients") or block.get("n")
-    if interval is None or value is None or not patients or patients < 2:
+    bounds, value, patients = _interval(block, metric), block.get(metric), block.get("n_patients") or block.get("n")
+    if bounds is None or value is None or not patients or patients < 2:
         return None
     df = patients - 1
-    return [value, standard_error_of(interval, df), df]
+    return [value, standard_error_of(bounds, df), df]
 
 
-def _rate_differs(held_out: Mapping[str, Any], validation: Mapping[str, Any], metric: str) -> bool:
+def _rate_differs(held_out: Split, validation: Split, metric: str) -> bool:
     """Sensitivity or specificity shifted (see ``_differs``); a standard error read back from
     its interval where the statistics were not recorded (a run trained before they were)."""
-    theirs = validation.get("transfer_statistics")
+    theirs = validation.get("transfer_statistics")  # absent in a run trained by an earlier medxfer
     before = theirs.get(metric) if theirs is not None else _read_back(validation, metric)
-    mine = (held_out.get("transfer_statistics") or {}).get(metric) or _read_back(held_out, metric)
+    mine = held_out["transfer_statistics"].get(metric) or _read_back(held_out, metric)
     return _differs(mine, before, RATE_SHIFT)
 
 
-def _text(value: float, interval: list[float] | None) -> str:
-    return f"{value:.3f}" + (f" (95 % interval {interval[0]:.3f} to {interval[1]:.3f})" if interval else "")
+def _text(value: float, bounds: Interval | None) -> str:
+    """"0.345 (95 % interval 0.233 to 0.477)": the interval named, and "to" rather than a dash, as
+    these warnings have always read."""
+    shown = interval(bounds, typeset=False, joiner=" to ")
+    return number(value, typeset=False) + (f" (95 % interval {shown})" if shown else "")
 
 
-def transfer_warnings(held_out: Mapping[str, Any], validation: Mapping[str, Any] | None, *, positive: str | None,
+def transfer_warnings(held_out: Split, validation: Split | None, *, positive: str | None,
                       where: str) -> tuple[list[str], list[str]]:
     """Plain warnings, most serious first, for ``held_out`` (a split's metrics) against
     ``validation`` (None: only the AUROC check; metrics without ``transfer_statistics``: the AUROC
@@ -100,21 +103,22 @@ def transfer_warnings(held_out: Mapping[str, Any], validation: Mapping[str, Any]
     their kinds (``CHANCE`` or ``SHIFT``); ``where`` names the held-out set ("at this site", "on
     the test set")."""
     warnings: list[tuple[str, str]] = []
-    auroc, interval = held_out.get("auroc"), _interval(held_out, "auroc")
-    if auroc is not None and interval is not None and interval[0] <= 0.5:
-        if interval[1] < 0.5:
+    auroc, auroc_interval = held_out["auroc"], _interval(held_out, "auroc")
+    if auroc is not None and auroc_interval is not None and auroc_interval[0] <= 0.5:
+        if auroc_interval[1] < 0.5:
             text = (f"The model ranks the images {where} worse than chance: AUROC "
-                    f"{_text(auroc, interval)}, below 0.5, so its scores run the wrong way here. Do "
+                    f"{_text(auroc, auroc_interval)}, below 0.5, so its scores run the wrong way here. Do "
                     f"not use it {where}: whatever the threshold, its calls mislead.")
             warnings.append((SHIFT, text))
         else:
             text = (f"The model cannot be shown to rank the images {where} better than chance: "
-                    f"AUROC {_text(auroc, interval)}, an interval that reaches 0.5. Until more "
+                    f"AUROC {_text(auroc, auroc_interval)}, an interval that reaches 0.5. Until more "
                     f"images {where} show otherwise, its calls may carry no information about the "
                     "label here.")
             warnings.append((CHANCE, text))
-    mine = held_out.get("transfer_statistics") or {}
-    theirs = (validation or {}).get("transfer_statistics") or {}
+    mine = held_out["transfer_statistics"]
+    # none without a validation split, or in one from a run trained by an earlier medxfer
+    theirs = validation.get("transfer_statistics", {}) if validation is not None else {}
     if positive is not None and _differs(mine.get("called_minus_observed"), theirs.get("called_minus_observed"),
                                          CALLED_SHIFT):
         observed = held_out["counts"].get(positive, 0) / held_out["n"]
@@ -122,11 +126,13 @@ def transfer_warnings(held_out: Mapping[str, Any], validation: Mapping[str, Any]
         before = validation["counts"].get(positive, 0) / validation["n"]
         metric, cost = ("specificity", "raise more false alarms") if called > observed else \
             ("sensitivity", "miss more cases")
-        rate = "" if held_out.get(metric) is None or validation.get(metric) is None else (
-            f" (its {metric} {held_out[metric]:.3f} {where} against {validation[metric]:.3f} on validation)")
-        text = (f"The model calls {called:.0%} of the images {where} {positive}, while {observed:.0%} "
-                f"are (on validation: {before + theirs['called_minus_observed'][0]:.0%} called, "
-                f"{before:.0%} are): the threshold chosen on validation does not fit this set, so its "
+        rate = "" if held_out[metric] is None or validation[metric] is None else (
+            f" (its {metric} {number(held_out[metric], typeset=False)} {where} against "
+            f"{number(validation[metric], typeset=False)} on validation)")
+        text = (f"The model calls {percent(called, spaced=False)} of the images {where} {positive}, while "
+                f"{percent(observed, spaced=False)} are (on validation: "
+                f"{percent(before + theirs['called_minus_observed'][0], spaced=False)} called, "
+                f"{percent(before, spaced=False)} are): the threshold chosen on validation does not fit this set, so its "
                 f"labels would {cost} than validated{rate}. Choose and validate a threshold {where} "
                 "before using its labels.")
         warnings.append((SHIFT, text))
@@ -141,9 +147,10 @@ def transfer_warnings(held_out: Mapping[str, Any], validation: Mapping[str, Any]
     if _differs(mine.get("confidence_minus_accuracy"), theirs.get("confidence_minus_accuracy"), CONFIDENCE_SHIFT):
         gap, before = mine["confidence_minus_accuracy"][0], theirs["confidence_minus_accuracy"][0]
         text = (f"The calibrated probabilities do not carry over: {where} the model's stated "
-                f"confidence is {abs(gap):.0%} {'above' if gap > 0 else 'below'} its accuracy, against "
-                f"{abs(before):.0%} {'above' if before > 0 else 'below'} on validation (top-label ECE "
-                f"{held_out['ece']:.3f} against {validation['ece']:.3f}): do not read them as risks "
+                f"confidence is {percent(abs(gap), spaced=False)} {'above' if gap > 0 else 'below'} its accuracy, "
+                f"against {percent(abs(before), spaced=False)} {'above' if before > 0 else 'below'} on validation "
+                f"(top-label ECE {number(held_out['ece'], typeset=False)} against "
+                f"{number(validation['ece'], typeset=False)}): do not read them as risks "
                 f"{where}; recalibrate on labelled images from there.")
         warnings.append((SHIFT, text))
     return [text for _, text in warnings], [kind for kind, _ in warnings]

@@ -1,6 +1,7 @@
 """Using a trained run: ``medxfer predict``, ``medxfer evaluate`` and ``medxfer export``.
 
-Owns batch prediction over folders of scans (``predict`` with its output files and job lock),
-external validation (``external``) and export to TorchScript/ONNX (``export``). A run is read
-only through ``medxfer.pipeline.runs``; never imports ``training`` or ``cli``.
+Owns batch prediction over folders of scans (``predict``, with its rows in ``rows``, its output
+files in ``prediction_files`` and its lock in ``job_claim``), external validation (``external``)
+and export to TorchScript/ONNX (``export``). A run is read only through
+``medxfer.pipeline.runs.trained_run``; never imports ``training`` or ``cli``.
 """

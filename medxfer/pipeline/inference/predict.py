@@ -36,13 +36,12 @@ from __future__ import annotations
 import heapq
 import json
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from medxfer import __version__
@@ -55,11 +54,11 @@ from medxfer.pipeline.decoding.scans import DecodeSettings, check_slice_strategy
 from medxfer.pipeline.evaluation.evaluator import Evaluator
 from medxfer.pipeline.inference.job_claim import JobClaim
 from medxfer.pipeline.inference.prediction_files import WRITTEN_BY, Parts, PredictionFiles
+from medxfer.pipeline.inference.rows import META_COLUMNS, ScanItem, Scorer, part_rows
 from medxfer.pipeline.runs.trained_run import TrainedRun
 from medxfer.pipeline.runtime.device import resolve_device, resolve_workers
 from medxfer.pipeline.runtime.distributed import Distributed
 
-META_COLUMNS = ("modality", "view", "study_key")  # non-identifying facts kept per row
 CHUNK = 256  # scans per part file
 SLICE_AGGREGATES = ("mean", "max")
 
@@ -237,15 +236,15 @@ class _Job:
                      + (f", every slice of a volume ({self.aggregate} per volume)" if self.aggregate else ""))
         loader = prepared_batches(self.files, todo, decode, batch_size=self.batch_size, workers=self.workers,
                                   slices=self.aggregate is not None)
-        scorer = _Scorer(self.run, self.device, self.batch_size)
+        scorer = Scorer(self.run, self.device, self.batch_size)
         predicted = failed = 0
-        queue: list[_Item] = []
+        queue: list[ScanItem] = []
         pending: list[dict[str, Any]] = []
         pending_scans = 0
 
         def flush_queue() -> None:
             nonlocal queue, predicted, failed, pending, pending_scans
-            rows = _rows(queue, scorer.score(queue), relative, classes, evaluator, self.cut, self.aggregate)
+            rows = part_rows(queue, scorer.score(queue), relative, classes, evaluator, self.cut, self.aggregate)
             predicted += sum(row["status"] == "ok" for row in rows)
             failed += sum(row["status"] == "error" for row in rows)
             pending += rows
@@ -257,7 +256,7 @@ class _Job:
 
         with torch.no_grad():
             for batch in loader:
-                queue += [_Item(*item) for item in batch]
+                queue += [ScanItem(*item) for item in batch]
                 images = sum(len(item.images) for item in queue if item.images is not None)
                 if images >= self.batch_size or len(queue) >= self.batch_size:
                     flush_queue()  # else too few images for a full network batch yet (slices: one file per batch)
@@ -276,84 +275,6 @@ class _Job:
         finally:
             dist.barrier()  # the other processes wait for the merge, and are released if it fails
         return summary
-
-
-@dataclass
-class _Item:
-    """One file from the loader: its index in the file list, its images ((n, C, S, S), one per
-    slice with ``--slices``, else n = 1) or None with the ``reason`` it cannot be read, its
-    metadata, and the slice numbers (None: a 2D scan, or a volume reduced to one image)."""
-
-    index: int
-    images: torch.Tensor | None
-    meta: dict
-    reason: str | None
-    slices: list[int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.images is not None and self.slices is None and self.images.dim() == 3:
-            self.images = self.images.unsqueeze(0)  # PreparedScans gives one (C, S, S) image
-
-
-class _Scorer:
-    """The run's network(s) and calibration: calibrated probabilities of the images of several
-    files, run through the network ``batch_size`` images at a time."""
-
-    def __init__(self, run: TrainedRun, device: torch.device, batch_size: int) -> None:
-        self.run, self.device, self.batch_size = run, device, batch_size
-
-    def score(self, items: Sequence[_Item]) -> list[np.ndarray | None]:
-        """Per item, its images' calibrated probabilities (n, K), or None for an unreadable file."""
-        stacks = [item.images for item in items if item.images is not None]
-        if not stacks:
-            return [None] * len(items)
-        images = torch.cat(stacks)
-        logits = [self.run.logits(images[i:i + self.batch_size].to(self.device)).float().cpu()
-                  for i in range(0, len(images), self.batch_size)]
-        probabilities = self.run.probabilities(torch.cat(logits).numpy().astype(np.float64))
-        result: list[np.ndarray | None] = []
-        start = 0
-        for item in items:
-            if item.images is None:
-                result.append(None)
-            else:
-                result.append(probabilities[start:start + len(item.images)])
-                start += len(item.images)
-        return result
-
-
-def _rows(items: Sequence[_Item], probabilities: Sequence[np.ndarray | None], relative: list[str],
-          classes: list[str], evaluator: Evaluator, cut: float | None, aggregate: str | None) -> list[dict[str, Any]]:
-    """Part rows of ``items``: per file its row ("ok" or "error"), and with ``aggregate`` the
-    rows of a volume's slices ("slice") after it."""
-    rows: list[dict[str, Any]] = []
-    for item, p in zip(items, probabilities, strict=True):
-        row: dict[str, Any] = {"index": item.index, "path": relative[item.index], "slice": ""}
-        if p is None:
-            rows.append({**row, "status": "error", "reason": item.reason})
-            continue
-        combined = _aggregate(p, aggregate, evaluator.positive_)
-        rows.append({**row, "status": "ok", **_scores(combined, classes, evaluator, cut),
-                     **{k: "" if item.meta.get(k) is None else item.meta[k] for k in META_COLUMNS},
-                     **({"slices": len(p)} if aggregate else {})})
-        for number, slice_p in zip(item.slices or [], p, strict=False):
-            rows.append({"index": item.index, "path": relative[item.index], "slice": number, "status": "slice",
-                         **_scores(slice_p, classes, evaluator, cut)})
-    return rows
-
-
-def _aggregate(probabilities: np.ndarray, aggregate: str | None, positive: int | None) -> np.ndarray:
-    """One probability vector from a file's (n, K) calibrated probabilities: the mean over the
-    slices, or for "max" the slice with the highest probability of the ``positive`` class."""
-    if aggregate == "max" and positive is not None:
-        return probabilities[int(np.argmax(probabilities[:, positive]))]
-    return probabilities.mean(axis=0)
-
-
-def _scores(p: np.ndarray, classes: list[str], evaluator: Evaluator, cut: float | None) -> dict[str, str]:
-    """The probability columns and the predicted label of one probability vector."""
-    label = evaluator.predict(p[None, :], threshold=cut)[0]
-    return {"predicted": classes[label], **{f"p_{c}": f"{v:.6f}" for c, v in zip(classes, p, strict=True)}}
 
 
 def _order(row: dict[str, Any]) -> tuple[int, int]:

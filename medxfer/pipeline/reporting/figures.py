@@ -23,24 +23,20 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+
+from medxfer.pipeline.evaluation.schema import BiasFlag, ReliabilityBin, Split, Subgroup
+from medxfer.pipeline.evaluation.wording import SPLIT_NAMES, interval, missing, not_available, number, percent
+from medxfer.pipeline.statistics.scoring import binary_auroc
 
 if TYPE_CHECKING:
     from medxfer.pipeline.evaluation.evaluator import SplitScores
 
 DPI = 150
-BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, BLACK = (
-    "#0072B2",
-    "#D55E00",
-    "#009E73",
-    "#CC79A7",
-    "#E69F00",
-    "#56B4E9",
-    "#000000",
-)
+# the Okabe-Ito palette
+BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, BLACK = "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"
 CLASS_COLOURS = (BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, BLACK)
 GREY = "#777777"
-SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 SPLIT_STYLES = {"val": {"color": ORANGE, "linestyle": "--"}, "test": {"color": BLUE, "linestyle": "-"}}
 FOREST_METRICS = {"auroc": "AUROC", "sensitivity": "Sensitivity", "specificity": "Specificity"}
 NA_TEXT_CHARS = 40  # an n/a reason longer than this is cut in the forest plot (the table shows it whole)
@@ -110,13 +106,8 @@ def _curve_title(kind: str, scores: Mapping[str, SplitScores], positive_class: s
     return f"{kind}: each class vs rest, {SPLIT_NAMES['test' if 'test' in scores else 'val']} set"
 
 
-def roc_curves(
-    scores: Mapping[str, SplitScores],
-    classes: Sequence[str],
-    positive_class: str | None,
-    *,
-    threshold: float | None = None,
-) -> bytes:
+def roc_curves(scores: Mapping[str, SplitScores], classes: Sequence[str], positive_class: str | None, *,
+               threshold: float | None = None) -> bytes:
     """ROC curves with AUROC in the legend and the chance diagonal.
 
     Binary (``positive_class`` set): one line per split (validation, test) for the positive
@@ -133,8 +124,8 @@ def roc_curves(
             ax.plot([], [], label=f"{curve.name}: n/a (one class only)", **curve.style)
             continue
         fpr, tpr, _ = roc_curve(curve.truth, curve.score)
-        auroc = roc_auc_score(curve.truth, curve.score)
-        ax.plot(fpr, tpr, linewidth=1.8, label=f"{curve.name} (n = {curve.truth.size}): AUROC {auroc:.3f}", **curve.style)
+        auroc = number(binary_auroc(curve.truth, curve.score), typeset=False)
+        ax.plot(fpr, tpr, linewidth=1.8, label=f"{curve.name} (n = {curve.truth.size}): AUROC {auroc}", **curve.style)
     if positive_class is not None and threshold is not None and "test" in scores:
         _mark_operating_point(ax, scores["test"], list(classes).index(positive_class), threshold)
     _square_unit_axes(
@@ -164,15 +155,12 @@ def _mark_operating_point(ax: Axes, test: SplitScores, column: int, threshold: f
         markeredgewidth=2,
         color=SPLIT_STYLES["test"]["color"],
         linestyle="none",
-        label=f"test at threshold {threshold:.3f}: sens. {sensitivity:.3f}, spec. {specificity:.3f}",
+        label=f"test at threshold {number(threshold, typeset=False)}: sens. {number(sensitivity, typeset=False)}, "
+        f"spec. {number(specificity, typeset=False)}",
     )
 
 
-def pr_curves(
-    scores: Mapping[str, SplitScores],
-    classes: Sequence[str],
-    positive_class: str | None,
-) -> bytes:
+def pr_curves(scores: Mapping[str, SplitScores], classes: Sequence[str], positive_class: str | None) -> bytes:
     """Precision-recall curves with average precision in the legend; each curve's chance
     level (the prevalence of its positive label) is a dotted line of the same colour. Lines are
     chosen as in ``roc_curves``."""
@@ -186,7 +174,8 @@ def pr_curves(
         ap = average_precision_score(curve.truth, curve.score)
         prevalence = float(curve.truth.mean())
         # "average precision" in full: "AP" also names a radiograph view (AP/PA) in the subgroup tables
-        label = f"{curve.name}: average precision {ap:.3f} (chance {prevalence:.2f})"
+        label = (f"{curve.name}: average precision {number(ap, typeset=False)} "
+                 f"(chance {number(prevalence, 2, typeset=False)})")
         ax.plot(recall, precision, drawstyle="steps-post", linewidth=1.8, label=label, **curve.style)
         ax.axhline(prevalence, color=curve.style["color"], linestyle=":", linewidth=1)
     _square_unit_axes(ax, "Recall (sensitivity)", "Precision (positive predictive value)", "")
@@ -195,11 +184,11 @@ def pr_curves(
     return _png(figure)
 
 
-def _reliability_panel(top: Axes, bottom: Axes, bins: Sequence[Mapping[str, Any]], title: str) -> None:
+def _reliability_panel(top: Axes, bottom: Axes, bins: Sequence[ReliabilityBin], title: str) -> None:
     """Accuracy per confidence bin as bars over the diagonal, and the bin counts underneath."""
     lower = np.array([b["lower"] for b in bins], dtype=float)
     width = np.array([b["upper"] for b in bins], dtype=float) - lower
-    filled = [i for i, b in enumerate(bins) if b.get("accuracy") is not None]
+    filled = [i for i, b in enumerate(bins) if b["accuracy"] is not None]
     top.plot([0, 1], [0, 1], color=GREY, linestyle=":", linewidth=1.2, label="perfect calibration")
     top.bar(
         lower[filled],
@@ -211,7 +200,7 @@ def _reliability_panel(top: Axes, bottom: Axes, bins: Sequence[Mapping[str, Any]
         linewidth=0.8,
         label="accuracy in bin",
     )
-    confident = [i for i in filled if bins[i].get("confidence") is not None]
+    confident = [i for i in filled if bins[i]["confidence"] is not None]
     top.plot(
         [bins[i]["confidence"] for i in confident],
         [bins[i]["accuracy"] for i in confident],
@@ -234,17 +223,7 @@ def _reliability_panel(top: Axes, bottom: Axes, bins: Sequence[Mapping[str, Any]
     bottom.set_ylabel("Images")
 
 
-def _missing(value: Any) -> bool:
-    return value is None or not np.isfinite(value)
-
-
-def _metric_text(value: Any) -> str:
-    return "n/a" if _missing(value) else f"{value:.3f}"
-
-
-def reliability_diagrams(
-    metrics_split: Mapping[str, Any], *, split_label: str = "test set", method: str = "calibration"
-) -> bytes:
+def reliability_diagrams(metrics_split: Split, *, split_label: str = "test set", method: str = "calibration") -> bytes:
     """Reliability diagrams before and after calibration, side by side, from the split's
     ``reliability`` bins, with the ECE of each in its title and the image count per bin below.
     ``method`` names the calibration in the right-hand title (e.g. "temperature scaling"). The
@@ -259,13 +238,13 @@ def reliability_diagrams(
         bottom = figure.add_subplot(grid[1, column], sharex=top, sharey=counts_axis)
         counts_axis = counts_axis or bottom
         bins = metrics_split["reliability"][side]
-        _reliability_panel(top, bottom, bins, f"{title}: ECE {_metric_text(metrics_split.get(ece_key))}")
+        _reliability_panel(top, bottom, bins, f"{title}: ECE {number(metrics_split[ece_key], typeset=False)}")
     bins = len(metrics_split["reliability"]["after"])
     figure.suptitle(f"Reliability, {split_label} (n = {metrics_split['n']}; {bins} equal-width confidence bins)")
     return _png(figure)
 
 
-def confusion_matrix_plot(metrics_split: Mapping[str, Any], *, split_label: str = "test set", rule: str = "") -> bytes:
+def confusion_matrix_plot(metrics_split: Split, *, split_label: str = "test set", rule: str = "") -> bytes:
     """The confusion matrix (rows true, columns predicted): each cell shows its count, its share
     of the true class's row and, when ``share_ci`` is recorded, that share's 95 % interval;
     shading follows the row share. ``rule`` says how predictions
@@ -274,17 +253,18 @@ def confusion_matrix_plot(metrics_split: Mapping[str, Any], *, split_label: str 
     labels = list(matrix["labels"])
     counts = np.asarray(matrix["counts"], dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0) * 100
+    rate = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    share = rate * 100
     side = max(4.4, 1.2 * len(labels) + 2.2)
     figure = _figure(side + 0.8, side)
     ax = figure.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
-    intervals = matrix.get("share_ci")
+    intervals = matrix["share_ci"]
     for (i, j), count in np.ndenumerate(counts):
-        text = f"{int(count)}" + (f"\n{share[i, j]:.1f} %" if rows[i, 0] > 0 else "")
-        if intervals and intervals[i][j]:
-            low, high = intervals[i][j]
-            text += f"\n({100 * low:.0f}\u2013{100 * high:.0f} %)"
+        text = f"{int(count)}" + (f"\n{percent(rate[i, j], 1)}" if rows[i, 0] > 0 else "")
+        if intervals[i][j]:
+            shown = interval([100 * bound for bound in intervals[i][j]], 0, typeset=False)
+            text += f"\n({shown} %)"
         ax.text(j, i, text, ha="center", va="center", fontsize=11, color="white" if share[i, j] > 60 else BLACK)
     ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center")
     ax.set_yticks(range(len(labels)), labels)
@@ -333,18 +313,18 @@ class _ForestRow:
 
     attribute: str
     group: str | None
-    values: Mapping[str, Any] | None
+    values: Subgroup | None
 
     def label(self) -> str:
         if self.group is None:
             return self.attribute
-        n = self.values.get("n")
-        prevalence = self.values.get("prevalence")
-        extra = "" if prevalence is None else f", prev. {100 * prevalence:.0f} %"
+        n = self.values["n"]
+        prevalence = self.values["prevalence"]
+        extra = "" if prevalence is None else f", prev. {percent(prevalence)}"
         return f"{self.group}  (n = {n}{extra})"
 
 
-def _forest_rows(subgroups: Mapping[str, Mapping[str, Any]]) -> list[_ForestRow]:
+def _forest_rows(subgroups: Mapping[str, Mapping[str, Subgroup]]) -> list[_ForestRow]:
     rows = []
     for attribute, groups in subgroups.items():
         rows.append(_ForestRow(attribute, None, None))
@@ -362,39 +342,35 @@ def _forest_panel(ax: Axes, rows: Sequence[_ForestRow], metric: str, overall: An
     for y, row in enumerate(rows):
         if row.group is None:
             continue
-        value = row.values.get(metric)
+        value = row.values[metric]
         if value is None:
-            reason = (row.values.get("na") or {}).get(metric, "not computed")
-            ax.text(0.02, y, _short(f"n/a ({reason})"), va="center", fontsize=8, style="italic", color=GREY, clip_on=True)
+            reason = row.values["na"].get(metric, "not computed")
+            ax.text(0.02, y, _short(not_available(reason)), va="center", fontsize=8, style="italic", color=GREY,
+                    clip_on=True)
             continue
         flag = (row.attribute, row.group, metric) in flagged
         colour = VERMILLION if flag else BLUE
-        interval = (row.values.get("ci") or {}).get(metric)
-        if interval is not None:
-            ax.plot(interval, [y, y], color=colour, linewidth=2.2 if flag else 1.5)
+        bounds = row.values["ci"].get(metric)
+        if bounds is not None:
+            ax.plot(bounds, [y, y], color=colour, linewidth=2.2 if flag else 1.5)
         ax.plot(value, y, marker="D" if flag else "o", markersize=7 if flag else 5.5, color=colour,
-                markerfacecolor=colour if interval is not None else "white")
-    ax.set_title(f"{FOREST_METRICS[metric]}, overall {_metric_text(overall)}")
-    if not _missing(overall):
+                markerfacecolor=colour if bounds is not None else "white")
+    ax.set_title(f"{FOREST_METRICS[metric]}, overall {number(overall, typeset=False)}")
+    if not missing(overall):
         ax.axvline(overall, color=BLACK, linestyle="--", linewidth=1)
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"{FOREST_METRICS[metric]} (95 % interval)")
     ax.grid(axis="x", alpha=0.3)
 
 
-def subgroup_forest(
-    metrics_split: Mapping[str, Any],
-    overall: Mapping[str, Any],
-    *,
-    flags: Sequence[Mapping[str, Any]] = (),
-) -> bytes | None:
+def subgroup_forest(metrics_split: Split, overall: Mapping[str, Any], *, flags: Sequence[BiasFlag] = ()) -> bytes | None:
     """Forest plot of AUROC, sensitivity and specificity per attribute and group with their 95 %
     intervals, the overall value (``overall[metric]``) as a dashed vertical line, groups without
     a value shown as "n/a (reason)", and the groups in ``flags`` (bias flags of this split)
     highlighted; a value without an interval is a hollow marker. Row labels carry n and the
     prevalence, so a group's AUROC reads next to its case mix. None when the split has no
     subgroups."""
-    rows = _forest_rows(metrics_split.get("subgroups") or {})
+    rows = _forest_rows(metrics_split["subgroups"])
     if not rows:
         return None
     flagged = {(f["attribute"], f["group"], f["metric"]) for f in flags}

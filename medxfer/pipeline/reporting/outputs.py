@@ -7,14 +7,16 @@ training run, ``calibration.json``, which ``medxfer evaluate`` and ``medxfer pre
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from medxfer.files import atomic_write_text
 from medxfer.pipeline.evaluation.evaluator import Evaluation
-from medxfer.pipeline.reporting.report import write_model_card, write_report
+from medxfer.pipeline.evaluation.schema import Metrics, Split
+from medxfer.pipeline.evaluation.wording import number, percent, with_interval
+from medxfer.pipeline.reporting.model_card import write_model_card
+from medxfer.pipeline.reporting.report import write_report
 
 METRICS_FILE, CALIBRATION_FILE = "metrics.json", "calibration.json"
 
@@ -45,45 +47,40 @@ def write_evaluation(out_dir: str | Path, evaluation: Evaluation, *, evaluator_s
     write_json(out_dir / METRICS_FILE, evaluation.metrics)
 
 
-def _number(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+def _with_interval(entry: Split, metric: str) -> str:
+    """"0.861 (0.801-0.912)": plain text with a hyphen between the bounds, as the terminal has always shown it."""
+    return with_interval(entry.get(metric), entry["ci"].get(metric), typeset=False, joiner="-")
 
 
-def _with_interval(entry: Mapping[str, Any], metric: str) -> str:
-    interval = entry.get("ci", {}).get(metric)
-    text = _number(entry.get(metric))
-    return text + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval and entry.get(metric) is not None else "")
-
-
-def headline(metrics: Mapping[str, Any]) -> list[str]:
+def headline(metrics: Metrics) -> list[str]:
     """A few lines for the terminal: the test (or validation) figures, calibration, flags."""
     split = "test" if "test" in metrics else "val"
     entry = metrics.get(split)
     if entry is None:
         return []
-    transfer = list((metrics.get("transfer") or {}).get("warnings") or [])
+    transfer = metrics["transfer"]["warnings"]
     lines = ["WARNING " + warning for warning in transfer]  # before any figure: the model may not apply here
     lines.append(f"{split} (n={entry['n']}): AUROC {_with_interval(entry, 'auroc')}, "
                  f"accuracy {_with_interval(entry, 'accuracy')}")
     threshold = metrics["threshold"]
     if threshold["value"] is not None:
-        lines.append(f"  at the threshold {threshold['value']:.3f} on P({metrics['positive_class']}) chosen on "
-                     f"validation ({threshold['method']}): sensitivity {_with_interval(entry, 'sensitivity')}, "
+        lines.append(f"  at the threshold {number(threshold['value'], typeset=False)} on P({metrics['positive_class']}) "
+                     f"chosen on validation ({threshold['method']}): sensitivity {_with_interval(entry, 'sensitivity')}, "
                      f"specificity {_with_interval(entry, 'specificity')}")
     calibration = metrics["calibration"]
     lines.append(f"  calibration ({calibration['method']}"
-                 + (f", T = {calibration['temperature']:.2f}" if calibration.get("temperature") else "")
-                 + f"): top-label ECE {_number(entry['ece_uncalibrated'])} before, {_number(entry['ece'])} after"
-                 + (f"; positive-class ECE {_number(entry.get('ece_positive'))} after"
+                 + (f", T = {number(calibration['temperature'], 2, typeset=False)}" if calibration["temperature"] else "")
+                 + f"): top-label ECE {number(entry['ece_uncalibrated'], typeset=False)} before, "
+                 f"{number(entry['ece'], typeset=False)} after"
+                 + (f"; positive-class ECE {number(entry['ece_positive'], typeset=False)} after"
                     if entry.get("ece_positive") is not None else ""))
-    overfitting = metrics.get("overfitting")
+    overfitting = metrics.get("overfitting")  # absent without train and val splits
     if overfitting and overfitting["flag"]:
         lines.append("  FLAG " + overfitting["sentence"])
-    bias = metrics.get("bias") or {}
-    for flag in bias.get("flags", []):
-        lines.append("  FLAG " + flag["sentence"])
-    if bias.get("comparisons"):
-        lines.append(f"  subgroups: {bias['comparisons']} comparisons, {len(bias.get('flags', []))} flagged "
-                     f"(Holm: at most a {100 * float(bias.get('family_wise_error', 0.05)):g} % chance of any false flag)")
-    lines.extend("  NOTE " + warning for warning in metrics.get("warnings", []) if warning not in transfer)
+    bias = metrics["bias"]  # present whenever val or test was scored
+    lines.extend("  FLAG " + flag["sentence"] for flag in bias["flags"])
+    if bias["comparisons"]:
+        lines.append(f"  subgroups: {bias['comparisons']} comparisons, {len(bias['flags'])} flagged "
+                     f"(Holm: at most a {percent(bias['family_wise_error'], None)} chance of any false flag)")
+    lines.extend("  NOTE " + warning for warning in metrics["warnings"] if warning not in transfer)
     return lines

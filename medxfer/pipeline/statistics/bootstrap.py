@@ -9,7 +9,7 @@ report marks every bootstrap interval approximate. Three steps:
   one patient are alike (two views of the same lungs are not two independent observations;
   resampling images then gives intervals that are too narrow, see the tests). Without patient
   ids the images themselves are resampled;
-- ``bootstrap_values`` evaluates a statistic (a mapping of metric name to value) on each
+- ``bootstrap_values`` evaluates a statistic (a mapping of figure, any hashable key, to value) on each
   resample, optionally restricted to a subgroup (``within``), with NaN where it is undefined
   (a subgroup missing from the resample, an AUROC of one class);
 - ``percentile_interval`` turns those values into an ``Interval``, or refuses (low and high
@@ -37,12 +37,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 # Patient resamples are built this many items (about; 8 bytes each) at a time: vectorised, with
 # temporary arrays of bounded size however large the split.
 _BLOCK_ITEMS = 1 << 22
+
+Key = TypeVar("Key", bound=Hashable)  # what a statistic names its figures by (a metric name, say)
 
 # Sources checked for the module docstring: scipy 1.17 ``scipy/stats/_resampling.py``
 # (``bootstrap``: per-observation resampling, ``stats.quantile`` over all resamples, NaN interval
@@ -170,16 +173,17 @@ def draw_resamples(
 
 
 def bootstrap_values(
-    statistic: Callable[[np.ndarray], Mapping[str, float]],
+    statistic: Callable[[np.ndarray], Mapping[Key, float]],
     resamples: Resamples,
     *,
     within: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
+) -> dict[Key, np.ndarray]:
     """Evaluate ``statistic`` on every resample; returns, per key, the values (R,) for R resamples.
 
     ``statistic`` takes an integer index array into the n items (repeats included) and returns
-    ``{metric name: value}``, with NaN where the value is undefined (e.g. an AUROC on one class);
-    every call must return the same keys. Its exceptions propagate.
+    ``{key: value}`` (a key names a figure: a metric name, or any hashable, orderable value),
+    with NaN where the value is undefined (e.g. an AUROC on one class); every call must return
+    the same keys. Its exceptions propagate.
 
     ``within``: a boolean mask (n,) of a subgroup's items. Each resample is then restricted to its
     items in the subgroup (``idx[within[idx]]``); where none are left (the subgroup is missing from
@@ -194,7 +198,7 @@ def bootstrap_values(
         if within.dtype != np.bool_ or within.ndim != 1:
             raise ValueError(f"within must be a boolean mask of shape (n,), got {within.dtype} {within.shape}")
     total = len(resamples.indices)
-    values: dict[str, np.ndarray] = {}
+    values: dict[Key, np.ndarray] = {}
     for position, idx in enumerate(resamples.indices):
         chosen = idx if within is None else idx[within[idx]]
         if chosen.size == 0:

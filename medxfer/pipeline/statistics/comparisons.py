@@ -76,6 +76,8 @@ class GroupScorer:
         self.k = ranking.shape[1]
 
     def auroc(self, within: np.ndarray) -> Estimate:
+        """The AUROC of the images ``within`` with its linearisation (``intervals.auroc_estimate``;
+        the macro average of the classes' one-vs-rest AUROCs for more than two classes)."""
         if self.positive is not None:
             return auroc_estimate(self.labels == self.positive, self.ranking[:, self.positive], self.patients, within)
         return average([auroc_estimate(self.labels == c, self.ranking[:, c], self.patients, within)

@@ -118,7 +118,12 @@ def auroc_estimate(positive: np.ndarray, scores: np.ndarray, patients: np.ndarra
     """The AUROC of ``scores`` (n,) for the boolean ``positive`` (n,) over the images in
     ``within`` (a boolean mask, default all), with DeLong's structural components as influences:
     for a positive image, (share of negatives it outranks - AUROC) / positives; for a negative
-    one, (share of positives that outrank it - AUROC) / negatives. Ties count one half."""
+    one, (share of positives that outrank it - AUROC) / negatives. Ties count one half.
+
+    Not a second AUROC: the point estimate is ``scoring.binary_auroc``'s (the same Mann-Whitney
+    statistic, equal to within rounding); this computes its linearisation, which
+    ``binary_auroc`` has no use for, and the value the influences are centred on. It serves the
+    intervals and tests, and the subgroups' AUROC, whose interval it is computed with."""
     n = len(scores)
     within = np.ones(n, bool) if within is None else within
     pos, neg = within & positive, within & ~positive

@@ -7,9 +7,13 @@ every group: some 10^4 to 10^5 calls. scikit-learn's ``roc_auc_score`` and
 2-core development machine for 150 images), which alone would add minutes to every training
 run. The functions here compute the same quantities directly (the AUROC as the Mann-Whitney
 statistic with average ranks for ties, the average precision as scikit-learn defines it, one
-step per distinct score) in tens of microseconds; ``tests/pipeline/test_scoring.py`` checks that
-they equal scikit-learn's on random data with ties. The whole-split point estimates in the
-reports come from scikit-learn itself; subgroup figures come from these functions.
+step per distinct score) in tens of microseconds; ``tests/pipeline/statistics/test_scoring.py``
+checks that they equal scikit-learn's on random data with ties (to about 1e-15: the rank
+statistic is computed exactly and rounded once, scikit-learn's trapezoids round at every step).
+They are the one implementation of the point AUROC and average precision: the reports' whole-split
+and per-class figures, the training split's AUROC, the trainer's per-epoch AUROC and the
+bootstrap all call them. ``intervals.auroc_estimate`` computes the AUROC's DeLong components,
+whose mean is the same AUROC, for its variance.
 
 Every function returns NaN where the metric is undefined (e.g. an AUROC with one class only),
 so that a bootstrap can count the resamples where it was.
@@ -77,6 +81,15 @@ def macro_auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.mean(values))  # NaN as soon as one class is absent
 
 
+def macro_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Macro one-vs-rest average precision of (n, K) ``scores`` (K > 2), NaN unless every class
+    is present; for K = 2 the average precision of class 1's score."""
+    n_classes = scores.shape[1]
+    if n_classes == 2:
+        return binary_average_precision(labels == 1, scores[:, 1])
+    return float(np.mean([binary_average_precision(labels == k, scores[:, k]) for k in range(n_classes)]))
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator else float("nan")
 
@@ -113,13 +126,3 @@ def sensitivity_specificity(counts: np.ndarray, positive: int | None) -> tuple[f
     specificity = float(np.mean(specific)) if len(specific) and not np.isnan(specific).all() else float("nan")
     return sensitivity, specificity
 
-
-def brier(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """scikit-learn's ``brier_score_loss`` with ``labels=range(K)``: for two classes the mean
-    squared error of class 1's probability (0 to 1), for more the mean over images of the
-    summed squared errors of all classes (0 to 2)."""
-    n_classes = probabilities.shape[1]
-    if n_classes == 2:
-        return float(np.mean((probabilities[:, 1] - (labels == 1)) ** 2))
-    onehot = np.eye(n_classes)[labels]
-    return float(np.mean(np.sum((probabilities - onehot) ** 2, axis=1)))

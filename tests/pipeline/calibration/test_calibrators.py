@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 from sklearn.exceptions import NotFittedError
+from sklearn.metrics import brier_score_loss
 
 from medxfer.pipeline.calibration.calibrators import (
     CALIBRATION_METHODS,
-    ClasswiseTemperatureScaling,
     IdentityCalibration,
     TemperatureScaling,
     VectorScaling,
     adaptive_calibration_error,
     brier_score,
+    brier_terms,
     calibrator_from_dict,
     expected_calibration_error,
     make_calibrator,
@@ -51,7 +52,6 @@ ALL_FITTED = {
     "temperature": lambda z, y: TemperatureScaling().fit(z, y),
     "vector": lambda z, y: VectorScaling().fit(z, y),
     "none": lambda z, y: IdentityCalibration().fit(z, y),
-    "classwise_temperature": lambda z, y: ClasswiseTemperatureScaling().fit(z, np.eye(z.shape[1], dtype=int)[y]),
 }
 
 
@@ -122,16 +122,6 @@ def test_vector_scaling_can_change_the_predicted_class():
     assert (calibrated.argmax(axis=1) != z.argmax(axis=1)).mean() > 0.1
 
 
-def test_classwise_temperature_scaling_recovers_per_class_temperatures():
-    rng = np.random.default_rng(3)
-    z = rng.normal(0.0, 2.0, size=(20000, 3))
-    labels = (rng.random(z.shape) < expit(z)).astype(int)  # independent findings, calibrated by sigmoid(z)
-    temperatures = np.array([0.5, 1.0, 3.0])
-    fitted = ClasswiseTemperatureScaling().fit(z * temperatures, labels)
-    np.testing.assert_allclose(fitted.temperatures_, temperatures, rtol=0.05)
-    np.testing.assert_allclose(fitted.predict_proba(z * temperatures), expit(z), atol=0.05)
-
-
 # ---------------------------------------------------------------------------- saving and restoring
 
 
@@ -159,7 +149,6 @@ def test_calibrators_round_trip_through_json_with_identical_predictions(method):
     ({"method": "temperature", "n_classes": 2, "temperature": float("nan")}, "must be finite"),
     ({"method": "vector", "n_classes": 3, "scale": [1.0, 1.0], "bias": [0.0, 0.0, 0.0]}, "'scale' must be a list of 3"),
     ({"method": "vector", "n_classes": 2, "scale": [1.0, 1.0]}, "'bias', which is missing"),
-    ({"method": "classwise_temperature", "n_classes": 2, "temperatures": [1.0, 0.0]}, "must be positive"),
 ])
 def test_calibrator_from_dict_rejects_bad_dicts(data, message):
     with pytest.raises(ValueError, match=message):
@@ -175,7 +164,7 @@ def test_make_calibrator_builds_unfitted_calibrators_and_rejects_unknown_methods
         make_calibrator("isotonic")
 
 
-@pytest.mark.parametrize("kind", [TemperatureScaling, VectorScaling, IdentityCalibration, ClasswiseTemperatureScaling])
+@pytest.mark.parametrize("kind", [TemperatureScaling, VectorScaling, IdentityCalibration])
 def test_calibrators_refuse_to_work_before_fit(kind):
     with pytest.raises(NotFittedError):
         kind().transform(np.zeros((2, 2)))
@@ -256,12 +245,25 @@ def test_brier_score_and_nll_match_hand_computed_values():
     assert negative_log_likelihood(np.array([0, 2]), three) == pytest.approx(-(np.log(0.7) + np.log(0.6)) / 2)
 
 
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_brier_score_is_the_mean_of_its_terms_and_equals_sklearn(k):
+    rng = np.random.default_rng(k)
+    for n in (1, 7, 200):
+        probabilities = softmax(rng.normal(0.0, 2.0, size=(n, k)), axis=1)
+        labels = rng.integers(0, k, n)
+        terms = brier_terms(labels, probabilities)
+        assert terms.shape == (n,) and (terms >= 0).all() and (terms <= (1 if k == 2 else 2)).all()
+        assert brier_score(labels, probabilities) == pytest.approx(float(np.mean(terms)), abs=0)
+        expected = brier_score_loss(labels, probabilities, labels=range(k))
+        assert brier_score(labels, probabilities) == pytest.approx(expected, abs=1e-12)
+
+
 # ---------------------------------------------------------------------------- bad input
 
 
 @pytest.mark.parametrize("metric", [
     expected_calibration_error, adaptive_calibration_error, maximum_calibration_error, reliability_bins,
-    brier_score, negative_log_likelihood,
+    brier_score, brier_terms, negative_log_likelihood,
 ])
 @pytest.mark.parametrize(("labels", "probabilities", "message"), [
     ([0, 1, 1], [[0.5, 0.5], [0.2, 0.8]], "differ in length"),
@@ -305,9 +307,3 @@ def test_calibrators_reject_logits_with_another_number_of_classes(method):
     with pytest.raises(ValueError, match="fitted on 3"):
         ALL_FITTED[method](z, y).predict_proba(np.zeros((2, 4)))
 
-
-def test_classwise_temperature_scaling_needs_binary_labels_of_the_logits_shape():
-    with pytest.raises(ValueError, match="shape of the logits"):
-        ClasswiseTemperatureScaling().fit(np.zeros((4, 2)), np.array([0, 1, 1, 0]))
-    with pytest.raises(ValueError, match="0 or 1"):
-        ClasswiseTemperatureScaling().fit(np.zeros((2, 2)), np.array([[0, 2], [1, 0]]))

@@ -51,3 +51,16 @@ def test_the_reliability_count_panels_share_one_scale(keep_figure):
     assert len(counts) == 2
     assert counts[0].get_ylim() == counts[1].get_ylim()
     assert counts[0].get_ylim()[1] >= 75
+
+
+def test_the_roc_legend_gives_the_auroc_scikit_learn_computes_also_with_ties(keep_figure):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    scores = {"test": _scores(120, rng)}
+    scores["test"].probabilities[:, 1] = np.round(scores["test"].probabilities[:, 1], 1)  # many ties
+    scores["test"].probabilities[:, 0] = 1 - scores["test"].probabilities[:, 1]
+    figure = figures.roc_curves(scores, ["NORMAL", "PNEUMONIA"], "PNEUMONIA")
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    expected = roc_auc_score(scores["test"].labels == 1, scores["test"].probabilities[:, 1])
+    assert any(line.endswith(f"AUROC {expected:.3f}") for line in legend), legend

@@ -1,6 +1,7 @@
 """report.html and model_card.md: self-contained, flags first, n/a with reasons, escaped, no identifiers.
 
-The metrics dicts are written by hand after the metrics.json schema: a binary NIH-like training run
+The metrics dicts are written by hand after the metrics.json schema (``evaluation.schema.Metrics``,
+every required key present): a binary NIH-like training run
 (a view subgroup flagged for AUROC, an age band with one class only, a skipped attribute) and a
 three-class external validation; the score arrays are random but tied to the labels.
 """
@@ -22,14 +23,9 @@ import pytest
 
 from medxfer.pipeline.evaluation.evaluator import SplitScores
 from medxfer.pipeline.evaluation.flags import guarantee
-from medxfer.pipeline.reporting.report import (
-    MODEL_CARD_FILE,
-    REPORT_FILE,
-    fmt,
-    fmt_interval,
-    write_model_card,
-    write_report,
-)
+from medxfer.pipeline.evaluation.wording import interval, number
+from medxfer.pipeline.reporting.model_card import MODEL_CARD_FILE, write_model_card
+from medxfer.pipeline.reporting.report import REPORT_FILE, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VIEW_FLAG = "AUROC in view AP is 0.710 (0.600–0.820), 0.151 below the overall 0.861; the interval of the gap excludes zero."
@@ -59,8 +55,10 @@ def _group(n: int, prevalence: float | None, auroc: float | None, na: dict | Non
     ci = {k: None if v is None else [max(0.0, v - 0.1), min(1.0, v + 0.1)] for k, v in values.items()}
     gap = {"auroc": None if auroc is None else auroc - 0.861, "sensitivity": -0.02, "specificity": 0.01, "ece": 0.02}
     gap_ci = {k: None if v is None else [v - 0.09, v + 0.09] for k, v in gap.items()}
-    return {"n": n, "n_patients": n - 5, "prevalence": prevalence, **values, "ci": ci, "gap": gap,
-            "gap_ci": gap_ci, "na": na or {}}
+    positives = round(n * (prevalence or 0))
+    return {"n": n, "n_patients": n - 5, "counts": {"NORMAL": n - positives, "PNEUMONIA": positives},
+            "prevalence": prevalence, **values, "ci": ci, "ci_method": {}, "ci_note": {}, "gap": gap, "gap_ci": gap_ci,
+            "gap_rest": dict.fromkeys(gap), "gap_rest_ci": dict.fromkeys(gap), "na": na or {}}
 
 
 def _binary_split(n: int) -> dict:
@@ -70,11 +68,12 @@ def _binary_split(n: int) -> dict:
         name: {"precision": 0.82, "recall": 0.8, "specificity": 0.84, "f1": 0.81, "auroc": 0.861,
                "average_precision": 0.85, "support": n // 2,
                "ci": {k: [0.7, 0.9] for k in ("precision", "recall", "specificity", "f1", "auroc", "average_precision")},
-               "na": {}}
+               "ci_method": {}, "ci_note": {}, "na": {}}
         for name in ("NORMAL", "PNEUMONIA")
     }
     return {
         "n": n, "n_patients": n - 23, "counts": {"NORMAL": n // 2, "PNEUMONIA": n - n // 2},
+        "prevalence": (n - n // 2) / n,
         "auroc": 0.861, "average_precision": 0.848, "accuracy": 0.79, "balanced_accuracy": 0.788,
         "sensitivity": 0.812, "specificity": 0.764,
         "ece": 0.041, "ece_uncalibrated": 0.123, "adaptive_ece": 0.045, "adaptive_ece_uncalibrated": 0.118,
@@ -83,9 +82,10 @@ def _binary_split(n: int) -> dict:
         "ci": {"auroc": [0.801, 0.912], "average_precision": [0.78, 0.9], "accuracy": [0.72, 0.85],
                "balanced_accuracy": [0.72, 0.85], "sensitivity": [0.72, 0.89], "specificity": [0.66, 0.85],
                "ece": [0.02, 0.07], "brier": [0.12, 0.18]},
-        "na": {},
+        "ci_method": {}, "ci_note": {}, "na": {},
         "per_class": per_class,
-        "confusion_matrix": {"labels": ["NORMAL", "PNEUMONIA"], "counts": [[55, 15], [14, 59]]},
+        "confusion_matrix": {"labels": ["NORMAL", "PNEUMONIA"], "counts": [[55, 15], [14, 59]],
+                             "share_ci": [[None, None], [None, None]]},
         "reliability": {"before": _bins(0.12), "after": _bins(0.03)},
         "subgroups": {
             "sex": {"F": _group(70, 0.46, 0.85), "M": _group(73, 0.55, 0.87)},
@@ -101,25 +101,31 @@ def binary_metrics() -> dict:
     return {
         "medxfer_version": "0.1.0", "kind": "training run", "data_name": "nih-pneumonia-256",
         "classes": ["NORMAL", "PNEUMONIA"], "positive_class": "PNEUMONIA", "best_epoch": 7, "epochs_run": 12,
-        "threshold": {"method": "youden", "target_sensitivity": None, "value": 0.43, "chosen_on": "val"},
-        "calibration": {"method": "temperature", "temperature": 1.7, "scale": None, "bias": None,
-                        "fitted_on": "val", "n": 143},
-        "bootstrap": {"resamples": 1000, "level": 0.95, "unit": "patient", "seed": 0},
-        "train": {"n": 700, "auroc": 0.99, "ci": {"auroc": [0.98, 0.995]}, "na": {}},
+        "threshold": {"method": "youden", "target_sensitivity": None, "value": 0.43, "chosen_on": "val",
+                      "placement": "midpoint", "note": None},
+        "calibration": {"method": "temperature", "n_classes": 2, "temperature": 1.7, "scale": None, "bias": None,
+                        "fitted_on": "val", "n": 143, "note": None},
+        "bootstrap": {"resamples": 1000, "level": 0.95, "unit": "patient", "seed": 0, "used_for": [], "defined": {}},
+        "intervals": {"level": 0.95, "methods": {}},
+        "train": {"n": 700, "n_patients": 640, "counts": {"NORMAL": 350, "PNEUMONIA": 350}, "auroc": 0.99, "na": {}},
         "val": _binary_split(143),
         "test": _binary_split(143),
         "overfitting": {"train_val_auroc_gap": 0.07, "limit": 0.05, "flag": True, "sentence": OVERFIT,
                         "best_epoch": 7, "epochs_run": 12},
+        "transfer": {"compared_with": "validation", "warnings": [], "kinds": []},
         "warnings": [SMALL_TEST],
         "bias": {
-            "attributes": ["sex", "age_band", "view"],
+            "split": "test", "attributes": ["sex", "age_band", "view"],
             "skipped": {"manufacturer": "one value only (MEDXFER PHANTOM)", "site": "not recorded"},
-            "comparisons": 36,
-            "guarantee": guarantee(36, 0.05),
-            "flags": [{"split": "test", "attribute": "view", "group": "AP", "metric": "auroc", "value": 0.71,
-                       "overall": 0.861, "gap": -0.151, "ci": [-0.25, -0.05], "sentence": VIEW_FLAG},
-                      {"split": "test", "attribute": "view", "group": None, "metric": "confounding", "value": None,
-                       "overall": 0.861, "gap": None, "ci": None, "sentence": SHORTCUT}],
+            "comparisons": 36, "control": "Holm", "family_wise_error": 0.05, "min_group_patients": 15,
+            "min_class_patients": 8, "min_gap": 0.05,
+            "guarantee": guarantee(36, 0.05), "tests": [], "flagged_metrics": ["auroc", "sensitivity", "specificity"],
+            "flags": [{"split": "test", "attribute": "view", "group": "AP", "metric": "auroc", "kind": "gap",
+                       "value": 0.71, "rest": 0.861, "gap": -0.151, "ci": [-0.25, -0.05], "p_value": 0.001,
+                       "adjusted_p": 0.03, "sentence": VIEW_FLAG},
+                      {"split": "test", "attribute": "view", "group": None, "metric": "confounding",
+                       "kind": "confounder", "shortcut": False, "value": None, "gap": None, "ci": None,
+                       "p_value": 0.001, "adjusted_p": 0.03, "sentence": SHORTCUT}],
         },
     }
 
@@ -129,9 +135,10 @@ def three_class_metrics() -> dict:
     metrics = binary_metrics()
     classes = ["NORMAL", "BACTERIAL", "VIRAL"]
     metrics.update(kind="external validation", data_name="site-b", classes=classes, positive_class=None,
-                   threshold={"method": "argmax", "target_sensitivity": None, "value": None, "chosen_on": "val"},
-                   calibration={"method": "vector", "temperature": None, "scale": [1.2, 0.9, 1.1],
-                                "bias": [0.1, -0.2, 0.05], "fitted_on": "val", "n": 143},
+                   threshold={"method": "argmax", "target_sensitivity": None, "value": None, "chosen_on": "val",
+                              "placement": "midpoint", "note": None},
+                   calibration={"method": "vector", "n_classes": 3, "temperature": None, "scale": [1.2, 0.9, 1.1],
+                                "bias": [0.1, -0.2, 0.05], "fitted_on": "val", "n": 143, "note": None},
                    warnings=[])
     for key in ("best_epoch", "epochs_run", "train"):
         metrics.pop(key)
@@ -142,8 +149,10 @@ def three_class_metrics() -> dict:
     for split in ("val", "test"):
         block = metrics[split]
         block["counts"] = {"NORMAL": 50, "BACTERIAL": 50, "VIRAL": 43}
+        block["prevalence"] = None
         block["per_class"] = {c: {**block["per_class"]["NORMAL"], "support": block["counts"][c]} for c in classes}
-        block["confusion_matrix"] = {"labels": classes, "counts": [[40, 6, 4], [5, 38, 7], [6, 9, 28]]}
+        block["confusion_matrix"] = {"labels": classes, "counts": [[40, 6, 4], [5, 38, 7], [6, 9, 28]],
+                                     "share_ci": [[None] * 3] * 3}
         for groups in block["subgroups"].values():
             for group in groups.values():
                 group["prevalence"] = None
@@ -346,10 +355,11 @@ def test_no_paths_or_patient_identifiers_reach_the_outputs(binary_html, tmp_path
 
 
 def test_numbers_have_three_decimals_and_intervals_an_en_dash():
-    assert fmt(0.86123) == "0.861" and fmt(None) == "n/a" and fmt(float("nan")) == "n/a" and fmt(1000) == "1,000"
-    assert fmt_interval([0.8, 0.91]) == "0.800–0.910"
-    assert fmt_interval([-0.25, -0.05]) == "−0.250 to −0.050"
-    assert fmt_interval(None) is None
+    assert number(0.86123) == "0.861" and number(None) == "n/a" and number(float("nan")) == "n/a"
+    assert number(1000) == "1,000"
+    assert interval([0.8, 0.91]) == "0.800–0.910"
+    assert interval([-0.25, -0.05]) == "−0.250 to −0.050"
+    assert interval(None) is None
 
 
 def test_metrics_are_not_modified(tmp_path):
@@ -471,3 +481,11 @@ def test_the_comparisons_nearest_a_flag_are_listed_with_both_p_values(tmp_path):
          "p_value": 0.32, "adjusted_p": 1.0, "flagged": False}]
     section = Page(_write(tmp_path, metrics)).visible
     assert "view AP prevalence differs from the rest \u221228 points 0.029 0.720 no" in " ".join(section.split())
+
+
+def test_the_model_card_escapes_user_text_for_markdown_once_not_as_html_too(tmp_path):
+    metrics = binary_metrics()
+    metrics["data_name"] = "St Mary's & St_John <east>"
+    text = write_model_card(tmp_path, metrics, config=CONFIG, environment=ENVIRONMENT).read_text("utf-8")
+    assert "trained on St Mary's &amp; St\\_John &lt;east&gt;" in text
+    assert "&amp;amp;" not in text and "&#39;" not in text

@@ -276,3 +276,11 @@ def test_the_interval_is_the_central_level_share_of_the_values():
     assert percentile_interval(values, level=0.5).as_list() == pytest.approx([250.0, 750.0])
     with pytest.raises(ValueError, match="level"):
         percentile_interval(values, level=95)
+
+
+def test_bootstrap_values_accept_any_hashable_key():
+    resamples = draw_resamples(6, ["a", "a", "b", "b", "c", "c"], resamples=50, seed=1)
+    values = bootstrap_values(lambda idx: {("mean", None): float(idx.mean()), ("size", "images"): float(len(idx))},
+                              resamples)
+    assert set(values) == {("mean", None), ("size", "images")}
+    assert values[("size", "images")].tolist() == [float(len(idx)) for idx in resamples.indices]

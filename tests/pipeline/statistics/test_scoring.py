@@ -10,7 +10,6 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import (
     average_precision_score,
-    brier_score_loss,
     confusion_matrix,
     precision_recall_fscore_support,
     recall_score,
@@ -20,10 +19,10 @@ from sklearn.metrics import (
 from medxfer.pipeline.statistics.scoring import (
     binary_auroc,
     binary_average_precision,
-    brier,
     class_rates,
     confusion_counts,
     macro_auroc,
+    macro_average_precision,
     sensitivity_specificity,
 )
 
@@ -88,6 +87,20 @@ def test_macro_auroc_equals_sklearn_one_vs_rest_macro(k):
         labels, probabilities = random_multiclass(n, k, rng)
         expected = roc_auc_score(labels, probabilities, multi_class="ovr", average="macro", labels=range(k))
         assert macro_auroc(labels, probabilities) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_macro_average_precision_equals_sklearn_one_vs_rest_macro(k):
+    rng = np.random.default_rng(k + 10)
+    for n in (k, 10, 57):
+        labels, probabilities = random_multiclass(n, k, rng)
+        expected = average_precision_score(np.eye(k)[labels], probabilities, average="macro")
+        assert macro_average_precision(labels, probabilities) == pytest.approx(expected, abs=1e-12)
+    assert math.isnan(macro_average_precision(np.where(labels == 2, 0, labels), probabilities))
+    binary = softmax(rng.normal(size=(20, 2)), axis=1)
+    two_labels = np.arange(20) % 2
+    assert macro_average_precision(two_labels, binary) == pytest.approx(
+        average_precision_score(two_labels, binary[:, 1]), abs=1e-12)
 
 
 def test_macro_auroc_is_nan_when_a_class_is_absent_and_binary_uses_class_one():
@@ -162,12 +175,3 @@ def test_binary_sensitivity_or_specificity_is_nan_without_that_class():
     sensitivity, specificity = sensitivity_specificity(counts, 1)
     assert sensitivity == pytest.approx(2 / 3) and math.isnan(specificity)
 
-
-@pytest.mark.parametrize("k", [2, 3])
-def test_brier_equals_sklearn_brier_score_loss_with_all_labels(k):
-    rng = np.random.default_rng(k)
-    for n in (1, 5, 80):
-        labels = rng.integers(0, k, n)
-        probabilities = softmax(rng.normal(size=(n, k)), axis=1)
-        expected = brier_score_loss(labels, probabilities if k > 2 else probabilities[:, 1], labels=range(k))
-        assert brier(labels, probabilities) == pytest.approx(expected, abs=1e-12)

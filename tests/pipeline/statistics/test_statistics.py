@@ -264,8 +264,9 @@ def test_without_recorded_statistics_rates_are_tested_with_errors_read_back_from
     the 95 % intervals and the same test is made (the Shenzhen-Montgomery case warns; a drop of
     0.19 with intervals that overlap, p about 0.03, does not)."""
     validation = {"n_patients": 95, "sensitivity": 0.792, "ci": {"sensitivity": [0.652, 0.885]}}
-    collapsed = {"n": 138, "n_patients": 138, "counts": {"tb": 58}, "sensitivity": 0.345,
-                 "ci": {"sensitivity": [0.233, 0.477]}}
+    # the held-out split is scored by this version (its own statistics recorded; none needed here)
+    collapsed = {"n": 138, "n_patients": 138, "counts": {"tb": 58}, "auroc": None, "sensitivity": 0.345,
+                 "ci": {"sensitivity": [0.233, 0.477]}, "transfer_statistics": {}}
     warnings, kinds = transfer_warnings(collapsed, validation, positive="tb", where="at this site")
     assert kinds == ["does not transfer"] and warnings[0].startswith("Sensitivity at this site is 0.345")
     near = {**collapsed, "sensitivity": 0.60, "ci": {"sensitivity": [0.47, 0.72]}}
