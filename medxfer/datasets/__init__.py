@@ -2,10 +2,10 @@
 
 from medxfer.datasets.intensity import Window
 from medxfer.datasets.inventory import inspect_path, summarise
+from medxfer.datasets.manifest import ManifestError
 from medxfer.datasets.reader import read_header, read_scan
 from medxfer.datasets.scan import Scan, UnreadableScanError
 from medxfer.datasets.sources import (
-    ManifestError,
     ScanRecord,
     ScanSet,
     UnreadableFile,

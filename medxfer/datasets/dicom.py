@@ -6,15 +6,17 @@ result is mapped onto [0, 1] from the *output range of that VOI transform*, not 
 own extremes, so that a film that is mostly dark stays mostly dark. Then MONOCHROME1 (bright =
 low values) and Presentation LUT Shape ``INVERSE`` are resolved to "air dark, bone bright" by
 inverting exactly once, whichever of the two (or both) the file declares.
+
+This module owns opening a file (quietly: pydicom's messages can quote identifying values), its
+non-identifying metadata, the display pipeline and ``read_dicom_header`` / ``read_dicom``; the
+checks made before decoding (pixel budget, truncation, decoder) are ``medxfer.datasets.dicom_checks``.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import warnings
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,42 +25,40 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
 from pydicom.pixels import (
     apply_color_lut,
     apply_modality_lut,
     apply_voi_lut,
     apply_windowing,
-    get_decoder,
     pixel_array,
 )
-from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000TransferSyntaxes,
-    JPEGLSTransferSyntaxes,
-    JPEGTransferSyntaxes,
 )
 
-from medxfer.datasets import budget, header_text
-from medxfer.datasets.budget import check_budget
-from medxfer.datasets.codestream import j2k_size, jpeg_size
+from medxfer.datasets import header_text
+from medxfer.datasets.dicom_checks import (
+    check_codestream_sizes,
+    check_declared_size,
+    check_deflated_size,
+    check_native_length,
+    frame_count,
+    integer_element,
+    require_decoder,
+    require_pixel_data,
+    sop_class,
+    transfer_syntax,
+)
 from medxfer.datasets.intensity import Window, parse_window, rescale_to_unit
 from medxfer.datasets.metadata import normalise_sex, parse_age, patient_key, study_key
 from medxfer.datasets.scan import Scan, UnreadableScanError
 
-PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Values bigger than this are not read when only the header is wanted (bytes).
 _HEADER_DEFER_BYTES = 4096
 # ITU-R BT.601 luma weights for RGB -> gray.
 _LUMA = np.array([0.299, 0.587, 0.114])
-# Where a Part 10 file's dataset starts: preamble and "DICM", the (0002,0000) element, then the
-# rest of the file meta group, whose length that element gives.
-_PREAMBLE_AND_MAGIC, _GROUP_LENGTH_ELEMENT = 132, 12
 # Far outside any stored range: where a window saturates, giving its output range.
 _PROBE = np.array([-1e15, 1e15])
 
@@ -84,41 +84,11 @@ def _quiet() -> Iterator[None]:
         logger.disabled = was_disabled
 
 
-def _check_deflated_size(path: Path, max_pixels: int | None) -> None:
-    """Refuse a Deflated Explicit VR file whose dataset inflates beyond 8 bytes per value of the
-    pixel budget (plus 16 MiB for the header), measured by inflating it in a stream that keeps
-    nothing, before pydicom inflates the whole of it into memory."""
-    try:
-        meta = pydicom.filereader.read_file_meta_info(path)
-    except Exception:  # noqa: BLE001 - no file meta (preamble-less): not deflated, or dcmread says why
-        return
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return
-    length = _integer(meta, "FileMetaInformationGroupLength")
-    if length is None:
-        raise UnreadableScanError(path, "deflated DICOM without a file meta group length: its size cannot be bounded")
-    limit = budget.max_pixels(max_pixels) * 8 + (1 << 24)
-    inflate, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
-    with open(path, "rb") as handle:
-        handle.seek(_PREAMBLE_AND_MAGIC + _GROUP_LENGTH_ELEMENT + length)
-        pending = handle.read(1 << 20)
-        while pending:
-            try:
-                total += len(inflate.decompress(pending, 1 << 20))
-            except zlib.error:
-                raise UnreadableScanError(path, "deflated data that cannot be decompressed") from None
-            if total > limit:
-                raise UnreadableScanError(path, f"deflated data expand beyond {limit:,} bytes (8 bytes per value of the "
-                                                "pixel budget): too large to decode; raise --max-pixels if the file "
-                                                "is genuine")
-            pending = inflate.unconsumed_tail or handle.read(1 << 20)
-
-
 def _open(path: Path, *, header_only: bool, max_pixels: int | None = None) -> Dataset:
     """Parse the file (the pixel data is deferred when ``header_only``), with pydicom's warnings
     about a premature end of file turned into an error; deflated files are first checked against
     the pixel budget."""
-    _check_deflated_size(path, max_pixels)
+    check_deflated_size(path, max_pixels)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -146,71 +116,6 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
     meta.TransferSyntaxUID = (
         ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
     )
-
-
-def _transfer_syntax(ds: Dataset, path: Path | None = None) -> UID:
-    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
-    if not syntax.is_transfer_syntax:
-        # quoted only when it is a well-formed UID (digits and dots), never free text
-        shown = f" {syntax}" if syntax.is_valid else " (not a UID)"
-        raise UnreadableScanError(path or Path("?"), f"unknown transfer syntax{shown}")
-    return syntax
-
-
-def _sop_class(ds: Dataset) -> str | None:
-    """Name of the SOP class, from the dataset or, for DICOMDIR and the like, its file meta."""
-    sop = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
-    uid = UID(str(sop)) if sop else None
-    return uid.name if uid is not None and uid.is_valid else None
-
-
-def _require_pixel_data(ds: Dataset, path: Path) -> None:
-    if not any(tag in ds for tag in PIXEL_TAGS):
-        kind = _sop_class(ds) or "object of unknown SOP class"
-        if "Rows" in ds or "Image Storage" in kind:
-            raise UnreadableScanError(
-                path, f"truncated: the header describes an image ({kind}) but the file ends before its pixel data"
-            )
-        raise UnreadableScanError(path, f"no pixel data: {kind} (not an image)")
-
-
-def _require_decoder(ds: Dataset, path: Path) -> None:
-    syntax = _transfer_syntax(ds, path)
-    if syntax.is_compressed:
-        try:
-            decoder = get_decoder(syntax)
-        except NotImplementedError:
-            raise UnreadableScanError(path, f"unsupported transfer syntax {syntax.name}") from None
-        if not decoder.is_available:
-            raise UnreadableScanError(
-                path,
-                f"compressed with {syntax.name} and no decoder is installed "
-                "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm)",
-            )
-
-
-def _check_native_length(ds: Dataset, path: Path) -> None:
-    """Header-only truncation check for uncompressed pixel data: declared vs present bytes."""
-    raw = ds._dict.get(0x7FE00010)
-    syntax = _transfer_syntax(ds)
-    if syntax.is_compressed or syntax.is_deflated or raw is None or not hasattr(raw, "value_tell"):
-        return  # deflated: value_tell counts in the inflated stream, not in the file
-    if raw.length in (None, 0xFFFFFFFF):
-        return
-    if os.path.getsize(path) < raw.value_tell + raw.length:
-        raise UnreadableScanError(path, "truncated: the file ends inside its pixel data")
-    expected = get_expected_length(ds, unit="bytes")  # knows YBR_FULL_422 and bit-packed data
-    if raw.length < expected:
-        raise UnreadableScanError(
-            path, f"pixel data holds {raw.length} bytes but its size tags need {expected}"
-        )
-
-
-def _frame_count(ds: Dataset) -> int:
-    try:
-        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
-    except (TypeError, ValueError):
-        return 1
 
 
 def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
@@ -246,24 +151,15 @@ def dicom_meta(ds: Dataset) -> dict[str, Any]:
             "pixel_spacing": spacing,
             "pixel_spacing_tag": spacing_tag,
             "photometric_interpretation": header_text.photometric(ds.get("PhotometricInterpretation")),
-            "bits_stored": _integer(ds, "BitsStored"),
-            "rows": _integer(ds, "Rows"),
-            "columns": _integer(ds, "Columns"),
-            "frames": _frame_count(ds),
-            "transfer_syntax": _transfer_syntax(ds).name,
-            "sop_class": _sop_class(ds),
+            "bits_stored": integer_element(ds, "BitsStored"),
+            "rows": integer_element(ds, "Rows"),
+            "columns": integer_element(ds, "Columns"),
+            "frames": frame_count(ds),
+            "transfer_syntax": transfer_syntax(ds).name,
+            "sop_class": sop_class(ds),
             "patient_key": patient_key(ds.get("PatientID")),
             "study_key": study_key(ds.get("StudyInstanceUID")),
         }
-
-
-def _integer(ds: Dataset, keyword: str) -> int | None:
-    """A whole-number element, or None when absent or malformed (never an error quoting it)."""
-    try:
-        value = ds.get(keyword)
-        return int(value) if value is not None and value != "" else None
-    except (TypeError, ValueError, OverflowError):
-        return None
 
 
 # Functional groups of enhanced multi-frame objects (PS3.3 C.7.6.16) that hold what classic
@@ -321,48 +217,15 @@ def read_dicom_header(path: str | Path, *, max_pixels: int | None = None) -> dic
     path = Path(path)
     with _quiet():
         ds = _open(path, header_only=True, max_pixels=max_pixels)
-        _require_pixel_data(ds, path)
-        _require_decoder(ds, path)
-        _check_declared_size(ds, path, None, max_pixels)
-        _check_native_length(ds, path)
+        require_pixel_data(ds, path)
+        require_decoder(ds, path)
+        check_declared_size(ds, path, None, max_pixels)
+        check_native_length(ds, path)
         return dicom_meta(ds)
 
 
-def _check_declared_size(ds: Dataset, path: Path, frame: int | None, max_pixels: int | None) -> None:
-    """Refuse a file whose size tags (one ``frame``, or every frame) exceed the pixel budget."""
-    rows, columns = _integer(ds, "Rows") or 0, _integer(ds, "Columns") or 0
-    samples = _integer(ds, "SamplesPerPixel") or 1
-    frames = 1 if frame is not None else _frame_count(ds)
-    what = f"{frames} frame(s) of {rows} x {columns} pixels" + (f" x {samples} samples" if samples > 1 else "")
-    check_budget(path, rows * columns * frames * samples, max_pixels, what)
-
-
-def _check_codestream_sizes(ds: Dataset, path: Path, frame: int | None, max_pixels: int | None) -> None:
-    """Refuse JPEG, JPEG-LS and JPEG 2000 frames that declare more pixels, together, than the budget,
-    whatever the size tags say (see ``medxfer.datasets.codestream``)."""
-    syntax = _transfer_syntax(ds, path)
-    if syntax in JPEG2000TransferSyntaxes:
-        size_of = j2k_size
-    elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
-        size_of = jpeg_size
-    else:
-        return  # native, RLE and deflated data decode to the size the tags give
-    total = 0
-    try:
-        frames = list(enumerate(generate_frames(ds.PixelData, number_of_frames=_frame_count(ds))))
-    except Exception:  # noqa: BLE001 - any damage to the encapsulation
-        raise UnreadableScanError(path, "its compressed frames cannot be located (damaged encapsulation)") from None
-    for index, codestream in frames:
-        if frame is None or index == frame:
-            size = size_of(codestream)
-            if size is None:  # a decoder would still find one: refuse rather than decode blind
-                raise UnreadableScanError(path, f"compressed frame {index} declares no image size that can be read")
-            total += size[0] * size[1] * size[2]
-    check_budget(path, total, max_pixels, "the sizes declared by its compressed frames")
-
-
 def _decode(ds: Dataset, path: Path, frame: int | None) -> np.ndarray:
-    frames = _frame_count(ds)
+    frames = frame_count(ds)
     if frame is not None and not 0 <= frame < frames:
         raise UnreadableScanError(path, f"frame {frame} requested but the file has {frames} frame(s)")
     try:
@@ -482,10 +345,10 @@ def read_dicom(path: str | Path, *, window: Window = "default", frame: int | Non
 
 def _read(path: Path, window: Window, frame: int | None, max_pixels: int | None) -> Scan:
     ds = _open(path, header_only=False, max_pixels=max_pixels)
-    _require_pixel_data(ds, path)
-    _require_decoder(ds, path)
-    _check_declared_size(ds, path, frame, max_pixels)
-    _check_codestream_sizes(ds, path, frame, max_pixels)
+    require_pixel_data(ds, path)
+    require_decoder(ds, path)
+    check_declared_size(ds, path, frame, max_pixels)
+    check_codestream_sizes(ds, path, frame, max_pixels)
     arr = _decode(ds, path, frame)
     meta = dicom_meta(ds)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()

@@ -13,7 +13,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from medxfer.datasets import dicom as dicom_module
-from medxfer.datasets import phantom, read_header, read_scan
+from medxfer.datasets import dicom_checks, phantom, read_header, read_scan
 from medxfer.datasets.scan import UnreadableScanError
 
 
@@ -297,7 +297,7 @@ def test_missing_decoder_is_named_with_how_to_install_one(monkeypatch):
     class NoDecoder:
         is_available = False
 
-    monkeypatch.setattr(dicom_module, "get_decoder", lambda syntax: NoDecoder())
+    monkeypatch.setattr(dicom_checks, "get_decoder", lambda syntax: NoDecoder())
     with pytest.raises(UnreadableScanError, match="JPEG 2000.*no decoder is installed.*pip install"):
         read_header(data("RG1_J2KR.dcm"))
 

@@ -10,10 +10,10 @@ import pytest
 
 from medxfer.datasets import dicom as dicom_module
 from medxfer.datasets import phantom
+from medxfer.datasets.manifest import ManifestError
 from medxfer.datasets.metadata import SaltError
 from medxfer.datasets.scan import MedxferWarning
 from medxfer.datasets.sources import (
-    ManifestError,
     UnreadableFilesError,
     detect_layout,
     load_labelled,

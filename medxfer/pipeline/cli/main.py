@@ -8,8 +8,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from medxfer.datasets.manifest import ManifestError
 from medxfer.datasets.scan import MedxferWarning
-from medxfer.datasets.sources import ManifestError, UnreadableFilesError
+from medxfer.datasets.sources import UnreadableFilesError
 from medxfer.datasets.splits import PatientLeakageError, SplitError
 from medxfer.filenames import printable, shown
 from medxfer.pipeline.cli.parser import build_parser

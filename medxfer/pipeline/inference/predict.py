@@ -47,7 +47,8 @@ import torch
 from medxfer import __version__
 from medxfer.csvfiles import CsvText
 from medxfer.datasets import budget
-from medxfer.datasets.sources import iter_files, manifest_path, missing_reason, read_manifest_rows
+from medxfer.datasets.manifest import manifest_path, missing_reason, read_manifest_rows
+from medxfer.datasets.sources import iter_files
 from medxfer.filenames import shown
 from medxfer.files import atomic_write_many
 from medxfer.pipeline.decoding.scans import DecodeSettings, check_slice_strategy, prepared_batches
@@ -89,7 +90,7 @@ def list_scans(scans: Path) -> tuple[Path, list[Path], list[tuple[Path, str]]]:
     entries that cannot be predicted, with the reason (a folder that cannot be listed, a file a
     manifest names that is missing or not a regular file). ``scans`` is a folder (searched
     recursively) or a CSV manifest with a ``path`` column, whose paths are read as every command
-    reads them (``sources.manifest_path``)."""
+    reads them (``manifest.manifest_path``)."""
     if scans.is_dir():
         files, problems = iter_files(scans)
         return scans, files, [(p.path, p.reason) for p in problems]
@@ -154,16 +155,18 @@ def predict_scans(run_dir: str | Path, scans: str | Path, out: str | Path, *, ba
     dist = Distributed.from_environment(torch_device)
     if dist.enabled:
         torch_device = torch.device(dist.device)
-    job = _Job(run.to(torch_device), root, files, unlisted, paths, cut, batch_size,
-               max(1, resolve_workers(workers)) if workers == "auto" else int(workers), torch_device, dist, chunk,
-               slice_aggregate if slices else None, max_pixels, log)
+    job = _Job(run=run.to(torch_device), root=root, files=files, unlisted=unlisted, paths=paths, cut=cut,
+               batch_size=batch_size,
+               workers=max(1, resolve_workers(workers)) if workers == "auto" else int(workers),
+               device=torch_device, dist=dist, chunk=chunk, aggregate=slice_aggregate if slices else None,
+               max_pixels=max_pixels, log=log)
     try:
         return job.execute()
     finally:
         dist.close()
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class _Job:
     """One ``predict_scans`` call, once its arguments are checked: the run (on ``device``), the
     scans (every file under ``root``, and the entries that could not be listed with the reason),
