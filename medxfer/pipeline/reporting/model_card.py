@@ -22,8 +22,7 @@ from medxfer.pipeline.reporting.rendering import render
 from medxfer.pipeline.reporting.reproducibility import bootstrap_text, reproducibility, shown_config
 from medxfer.pipeline.reporting.summary import calibration_sentence, threshold_rule
 from medxfer.pipeline.reporting.tables import OVERALL_METRICS
-
-MODEL_CARD_FILE = "model_card.md"
+from medxfer.pipeline.runs.files import MODEL_CARD_FILE
 
 
 def _data_table(metrics: Metrics) -> dict[str, Any]:

@@ -17,8 +17,7 @@ from medxfer.pipeline.evaluation.schema import Metrics, Split
 from medxfer.pipeline.evaluation.wording import number, percent, with_interval
 from medxfer.pipeline.reporting.model_card import write_model_card
 from medxfer.pipeline.reporting.report import write_report
-
-METRICS_FILE, CALIBRATION_FILE = "metrics.json", "calibration.json"
+from medxfer.pipeline.runs.files import CALIBRATION_FILE, METRICS_FILE
 
 
 def data_name(path: str | Path) -> str:

@@ -37,8 +37,8 @@ from medxfer.pipeline.reporting.tables import (
     per_class_table,
     scored_before,
 )
+from medxfer.pipeline.runs.files import REPORT_FILE
 
-REPORT_FILE = "report.html"
 CSS_PX_PER_INCH = 96
 
 

@@ -29,7 +29,6 @@ from medxfer.files import atomic_write_text
 if TYPE_CHECKING:
     from medxfer.datasets.sources import ScanSet
 
-ENVIRONMENT_FILE = "environment.json"
 MANIFEST_FORMAT = "medxfer-data-manifest-v1"
 MANIFEST_COLUMNS = ("path", "label", "split", "patient_group", "size_bytes")
 # Distribution names (as pip knows them), not import names.

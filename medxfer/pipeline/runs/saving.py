@@ -20,9 +20,9 @@ from medxfer import __version__
 from medxfer.files import atomic_write_bytes, atomic_write_text
 from medxfer.pipeline.models.adaptation import add_adapters
 from medxfer.pipeline.models.classifier import XrayClassifier, build_classifier
+from medxfer.pipeline.runs.files import RECIPE_FILE, WEIGHTS_FILE
 from medxfer.transforms.preparation import InputSpec
 
-WEIGHTS_FILE, RECIPE_FILE = "model.safetensors", "model.json"
 FORMAT = 1
 
 

@@ -24,8 +24,9 @@ import pytest
 from medxfer.pipeline.evaluation.evaluator import SplitScores
 from medxfer.pipeline.evaluation.flags import guarantee
 from medxfer.pipeline.evaluation.wording import interval, number
-from medxfer.pipeline.reporting.model_card import MODEL_CARD_FILE, write_model_card
-from medxfer.pipeline.reporting.report import REPORT_FILE, write_report
+from medxfer.pipeline.reporting.model_card import write_model_card
+from medxfer.pipeline.reporting.report import write_report
+from medxfer.pipeline.runs.files import MODEL_CARD_FILE, REPORT_FILE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VIEW_FLAG = "AUROC in view AP is 0.710 (0.600–0.820), 0.151 below the overall 0.861; the interval of the gap excludes zero."

@@ -28,6 +28,7 @@ from medxfer.pipeline.runs.environment import (
     records_manifest_hash,
     write_environment,
 )
+from medxfer.pipeline.runs.files import ENVIRONMENT_FILE
 
 ROWS = [
     ("normal/a.png", "normal", "train", "p1", 100),
@@ -395,7 +396,7 @@ def test_write_environment_writes_json_atomically(tmp_path):
     info = environment_info(
         seed=3, device="cpu", data_hash="cd" * 32, extra={"note": "caf\u00e9"}
     )
-    target = tmp_path / "run" / environment.ENVIRONMENT_FILE
+    target = tmp_path / "run" / ENVIRONMENT_FILE
     assert write_environment(target, info) == target
     text = target.read_text(encoding="utf-8")
     assert text.endswith("}\n") and text.startswith('{\n  "medxfer"')
@@ -406,7 +407,7 @@ def test_write_environment_writes_json_atomically(tmp_path):
 
 
 def test_write_environment_refuses_what_strict_json_cannot_hold(tmp_path):
-    target = tmp_path / environment.ENVIRONMENT_FILE
+    target = tmp_path / ENVIRONMENT_FILE
     with pytest.raises(ValueError):
         write_environment(target, {"loss": float("nan")})
     with pytest.raises(TypeError):

@@ -10,7 +10,8 @@ import torch
 from medxfer.pipeline.models.adaptation import add_adapters
 from medxfer.pipeline.models.classifier import build_classifier
 from medxfer.pipeline.models.finetune import apply_strategy
-from medxfer.pipeline.runs.saving import RECIPE_FILE, WEIGHTS_FILE, load_model, read_recipe, save_model
+from medxfer.pipeline.runs.files import RECIPE_FILE, WEIGHTS_FILE
+from medxfer.pipeline.runs.saving import load_model, read_recipe, save_model
 from medxfer.transforms.preparation import InputSpec
 
 
