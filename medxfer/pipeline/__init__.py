@@ -15,4 +15,6 @@ A subpackage may import only the ones on lower layers (and ``medxfer.datasets``,
 3. ``runs``
 4. ``training``, ``inference`` (the commands that fit or use a run; neither imports the other)
 5. ``cli``
+
+``runs.files`` (the names of a run's files) imports nothing and may be imported from any stage.
 """
