@@ -106,4 +106,4 @@ def test_there_is_no_import_cycle():
 def test_the_checker_sees_an_upward_import(tmp_path):
     """The rules above would pass on a checker that finds nothing: it must find a real import."""
     assert "medxfer.pipeline.runs.trained_run" in GRAPH["medxfer.pipeline.inference.predict"]
-    assert "medxfer.pipeline.evaluation.evaluator" in GRAPH["medxfer.pipeline.runs.trained_run"]
+    assert "medxfer.pipeline.evaluation.decision" in GRAPH["medxfer.pipeline.runs.trained_run"]

@@ -17,9 +17,8 @@ Every calibrator follows scikit-learn's conventions (learned state ends in ``_``
 returns ``self``, use before ``fit`` raises ``sklearn.exceptions.NotFittedError``), works on
 numpy arrays, and saves to a JSON-ready dict (``to_dict``) that ``calibrator_from_dict``
 restores: this is ``calibration.json`` in a run directory. ``make_calibrator`` and
-``calibrator_from_dict`` are the registry, keyed by ``CALIBRATION_METHODS``.
-
-The calibration metrics live in ``metrics`` and are re-exported here, where they used to be.
+``calibrator_from_dict`` are the registry, keyed by ``CALIBRATION_METHODS``. The calibration
+metrics live in ``metrics``.
 """
 
 from __future__ import annotations
@@ -34,22 +33,10 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from medxfer.pipeline.calibration.arrays import check_class_indices, check_logits
-from medxfer.pipeline.calibration.metrics import (
-    adaptive_calibration_error,
-    brier_score,
-    brier_terms,
-    expected_calibration_error,
-    maximum_calibration_error,
-    negative_log_likelihood,
-    positive_class_calibration_error,
-    reliability_bins,
-)
 
 __all__ = [
     "BIAS_BOUNDS", "CALIBRATION_METHODS", "SCALE_BOUNDS", "TEMPERATURE_BOUNDS", "IdentityCalibration",
-    "TemperatureScaling", "VectorScaling", "adaptive_calibration_error", "brier_score", "brier_terms",
-    "calibrator_from_dict", "expected_calibration_error", "make_calibrator", "maximum_calibration_error",
-    "negative_log_likelihood", "positive_class_calibration_error", "reliability_bins",
+    "TemperatureScaling", "VectorScaling", "calibrator_from_dict", "make_calibrator",
 ]
 
 CALIBRATION_METHODS = ("temperature", "vector", "none")

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medxfer.datasets import phantom
+from medxfer.pipeline.evaluation.schema import Metrics
+from medxfer.pipeline.evaluation.wording import number, with_interval
 
 SOURCE, TARGET = "site-a", "site-b"
 
@@ -55,8 +57,8 @@ class DemoResult:
     predictions: Path
     errors: Path
     preview: Path
-    metrics: dict
-    external_metrics: dict
+    metrics: Metrics
+    external_metrics: Metrics
     predicted: int
     failed: int
 
@@ -143,25 +145,20 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *,
                       external_metrics=external.metrics, predicted=summary.predicted, failed=summary.failed)
 
 
-def brief(metrics: dict) -> str:
+def brief(metrics: Metrics) -> str:
     """One line of an evaluation's ``metrics.json``: the test AUROC with its interval, the
     operating point, ECE before and after calibration, and how many flags the report raises."""
     split = "test" if "test" in metrics else "val"
     entry = metrics[split]
 
     def value(key: str) -> str:
-        number, interval = entry.get(key), entry.get("ci", {}).get(key)
-        if number is None:
-            return "n/a"
-        return f"{number:.3f}" + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
+        return with_interval(entry.get(key), entry["ci"].get(key), typeset=False, joiner="-")
 
-    def plain(key: str) -> str:
-        return "n/a" if entry.get(key) is None else f"{entry[key]:.3f}"
-
-    flags = len(metrics.get("bias", {}).get("flags", [])) + bool(metrics.get("overfitting", {}).get("flag"))
+    flags = len(metrics["bias"]["flags"]) + bool(metrics.get("overfitting", {}).get("flag"))  # no check: no entry
     return (f"{split} AUROC {value('auroc')} on {entry['n']} images; at the validated threshold sensitivity "
-            f"{value('sensitivity')}, specificity {value('specificity')}; ECE {plain('ece_uncalibrated')} before "
-            f"and {plain('ece')} after calibration; {flags} flag(s) in the report")
+            f"{value('sensitivity')}, specificity {value('specificity')}; ECE "
+            f"{number(entry['ece_uncalibrated'], typeset=False)} before and {number(entry['ece'], typeset=False)} "
+            f"after calibration; {flags} flag(s) in the report")
 
 
 class _Steps:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medxfer.pipeline.evaluation.schema import Overfitting
-from medxfer.pipeline.evaluation.wording import SPLIT_WORDS
+from medxfer.pipeline.evaluation.wording import SPLIT_WORDS, interval, number
 
 # Below these, a split's intervals are too wide to carry a conclusion, and the report says so.
 MIN_PER_CLASS = 30
@@ -22,17 +22,19 @@ def overfitting_check(train_auroc: float | None, val_auroc: float | None, limit:
         return Overfitting(train_val_auroc_gap=None, limit=limit, flag=None,
                                 sentence="The train-validation gap could not be computed (an AUROC is undefined).")
     gap = train_auroc - val_auroc
+    train, val, shown_gap, shown_limit = (number(train_auroc, typeset=False), number(val_auroc, typeset=False),
+                                          number(gap, typeset=False), number(limit, 2, typeset=False))
     kept = (f"the kept epoch {best_epoch}, which validation chose, so its validation AUROC is optimistic"
             if best_epoch else "the kept network")
     if gap > limit:
-        sentence = (f"Possible overfitting: AUROC is {train_auroc:.3f} on the training images but {val_auroc:.3f} on "
-                    f"validation patients ({kept}), a gap of {gap:.3f} (more than {limit:.2f}). The model fits the "
+        sentence = (f"Possible overfitting: AUROC is {train} on the training images but {val} on "
+                    f"validation patients ({kept}), a gap of {shown_gap} (more than {shown_limit}). The model fits the "
                     "images it learned from better than new patients; expect new data to score like validation or "
                     "worse, not like training, and consider more data, stronger augmentation or fewer trainable "
                     "stages.")
     else:
-        sentence = (f"No sign of overfitting on the training data: AUROC {train_auroc:.3f} on training images and "
-                    f"{val_auroc:.3f} on validation patients ({kept}; gap {gap:.3f}, limit {limit:.2f}). This says "
+        sentence = (f"No sign of overfitting on the training data: AUROC {train} on training images and "
+                    f"{val} on validation patients ({kept}; gap {shown_gap}, limit {shown_limit}). This says "
                     "nothing about other sites or scanners.")
     return Overfitting(train_val_auroc_gap=gap, limit=limit, flag=bool(gap > limit), sentence=sentence)
 
@@ -46,9 +48,9 @@ def size_warnings(split: str, entry: Mapping[str, Any], classes: Sequence[str]) 
         listed = ", ".join(f"{count} {name}" for name, count in small.items())
         warnings.append(f"The {split} set holds only {listed} image(s) (fewer than {MIN_PER_CLASS} per class): its "
                         "figures can move a lot with a few images, so treat them as rough.")
-    interval = entry.get("ci", {}).get("auroc")
-    if interval is not None and interval[1] - interval[0] > WIDE_INTERVAL:
-        warnings.append(f"The 95 % interval of the {split} AUROC spans {interval[0]:.3f} to {interval[1]:.3f}, wider "
+    bounds = entry.get("ci", {}).get("auroc")
+    if bounds is not None and bounds[1] - bounds[0] > WIDE_INTERVAL:
+        warnings.append(f"The 95 % interval of the {split} AUROC spans {interval(bounds, typeset=False, joiner=' to ')}, wider "
                         f"than {WIDE_INTERVAL:.1f}: too wide to tell a good model from a mediocre one. Evaluate on more "
                         "patients (medxfer evaluate) before relying on it.")
     return warnings

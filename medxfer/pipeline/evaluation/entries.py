@@ -1,6 +1,6 @@
 """The report entries of a split, typed: what the scoring modules produce and ``metrics.json``
-holds (``to_dict`` writes each in metrics.json's layout and key order, documented in the README,
-"Evaluation report").
+holds (``to_dict`` writes each in metrics.json's layout and key order, documented in
+docs/reference/metrics-json.md).
 
 Every entry with intervals carries an ``Uncertainty``: ``ci`` (an interval per figure, None
 where there is none), ``ci_method`` (how each was computed), ``ci_note`` (why one is

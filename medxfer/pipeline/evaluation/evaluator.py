@@ -18,7 +18,6 @@ The work is split by job: ``inputs`` (settings, splits, plotted scores), ``thres
 (the decision rule), ``subgroups`` (who is in which group), ``scored`` (a split with the rule
 applied), ``entries`` (the typed report entries), ``checked`` and ``resampled`` (intervals),
 ``overall`` and ``subgroup_report`` (a split's entries) and ``checks`` (overfitting, sizes).
-The names this module used to define are re-exported from here.
 """
 
 from __future__ import annotations
@@ -28,54 +27,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medxfer import __version__
-from medxfer.pipeline.evaluation.checked import CHECKED_INTERVALS, MIN_INTERVAL_PATIENTS
-from medxfer.pipeline.evaluation.checks import (
-    MIN_PER_CLASS,
-    SPLIT_WORDS,
-    WIDE_INTERVAL,
-    overfitting_check,
-    size_warnings,
-)
+from medxfer.pipeline.evaluation.checks import overfitting_check, size_warnings
 from medxfer.pipeline.evaluation.decision import Evaluator
 from medxfer.pipeline.evaluation.entries import TrainEntry
 from medxfer.pipeline.evaluation.flags import bias_summary
 from medxfer.pipeline.evaluation.inputs import EvaluationSettings, SplitInputs, SplitScores
 from medxfer.pipeline.evaluation.overall import split_entry
-from medxfer.pipeline.evaluation.resampled import BOOTSTRAP_METHOD, BOOTSTRAP_NOTE, BOOTSTRAPPED, MIN_BOOTSTRAP
+from medxfer.pipeline.evaluation.resampled import BOOTSTRAP_METHOD, BOOTSTRAPPED, MIN_BOOTSTRAP
+from medxfer.pipeline.evaluation.schema import Metrics
 from medxfer.pipeline.evaluation.scored import ScoredSplit, patient_count, value
-from medxfer.pipeline.evaluation.subgroup_report import SUBGROUP_METRICS, score_separation, subgroup_entries
-from medxfer.pipeline.evaluation.subgroups import (
-    MAX_GROUPS,
-    STANDARD_ATTRIBUTES,
-    age_band,
-    parse_intersection,
-    subgroup_columns,
-)
-from medxfer.pipeline.evaluation.threshold import (
-    NEGATIVE_NAMES,
-    THRESHOLD_PLACEMENT,
-    choose_threshold,
-    positive_class_index,
-)
+from medxfer.pipeline.evaluation.subgroup_report import score_separation, subgroup_entries
+from medxfer.pipeline.evaluation.subgroups import subgroup_columns
 from medxfer.pipeline.evaluation.transfer import transfer_warnings
+from medxfer.pipeline.evaluation.wording import SPLIT_WORDS
 from medxfer.pipeline.statistics.bootstrap import draw_resamples
 from medxfer.pipeline.statistics.comparisons import family, holm
 from medxfer.pipeline.statistics.intervals import LOGIT_WALD, MEAN_T, MOVER, WILSON, patient_codes
 
-__all__ = [
-    "BOOTSTRAPPED", "BOOTSTRAP_METHOD", "BOOTSTRAP_NOTE", "CHECKED_INTERVALS", "INTERVAL_METHODS", "MAX_GROUPS",
-    "MIN_BOOTSTRAP", "MIN_INTERVAL_PATIENTS", "MIN_PER_CLASS", "NEGATIVE_NAMES", "SPLIT_WORDS", "STANDARD_ATTRIBUTES",
-    "SUBGROUP_METRICS", "THRESHOLD_PLACEMENT", "WIDE_INTERVAL", "Evaluation", "EvaluationSettings", "Evaluator",
-    "SplitInputs", "SplitScores", "age_band", "choose_threshold", "evaluate", "overfitting_check",
-    "parse_intersection", "positive_class_index", "size_warnings", "subgroup_columns",
-]
+__all__ = ["INTERVAL_METHODS", "Evaluation", "evaluate"]
+
 
 @dataclass
 class Evaluation:
     """``metrics`` (the metrics.json structure), the ``scores`` of each scored split, and the
     fitted ``evaluator`` (calibration and threshold)."""
 
-    metrics: dict[str, Any]
+    metrics: Metrics
     evaluator: Evaluator
     scores: dict[str, SplitScores] = field(default_factory=dict)
 

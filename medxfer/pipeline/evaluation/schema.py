@@ -3,7 +3,7 @@
 ``evaluator.evaluate`` builds it (``flags.bias_summary`` its ``bias`` block, ``transfer`` its
 warnings), ``medxfer train`` adds the kept epoch and ``medxfer evaluate`` (``inference.external``)
 carries the training run's figures and replaces the transfer check; ``medxfer.pipeline.reporting``
-only reads it. The README's "metrics.json" section says what each key means.
+only reads it. docs/reference/metrics-json.md says what each key means.
 
 Conventions: every number is a plain float or int; a figure that cannot be computed is None with
 its reason in the sibling ``na`` mapping (key: the figure, or ``"ci.<figure>"`` for a missing
@@ -167,7 +167,7 @@ class Split(TypedDict):
     confusion_matrix: ConfusionMatrix
     reliability: Reliability
     # absent from the validation split of a run trained by an earlier medxfer, carried into an
-    # external validation (README: transfer.partial)
+    # external validation (docs/reference/metrics-json.md: transfer.partial)
     transfer_statistics: NotRequired[TransferStatistics]
     subgroups: dict[str, dict[str, Subgroup]]  # attribute -> group -> figures
 

@@ -8,7 +8,7 @@ site in ``medxfer evaluate``, the test split in ``medxfer train``) with the vali
 model was tuned on, and says plainly what each failure means for using the model there.
 
 Each comparison is a test, so that on a set like the validation split a warning stays rare
-(measured: ``tests/pipeline/test_statistics.py`` and ``benchmarks/statistics.py``): the held-out
+(measured: ``tests/pipeline/statistics/test_statistics.py`` and ``benchmarks/statistics.py``): the held-out
 figure and validation's, each with its patient-clustered standard error, differ at
 p < ``ALPHA`` / ``SHIFT_TESTS`` (two-sided t test, the smaller of the two degrees of freedom;
 Bonferroni over the four tests, so at most 1 % of sets would be warned about if validation's

@@ -22,19 +22,21 @@ from medxfer.csvfiles import write_csv
 from medxfer.datasets.sources import ScanRecord, ScanSet, UnreadableFile, load_scans
 from medxfer.filenames import shown
 from medxfer.pipeline.decoding.scans import DecodeSettings, prepared_batches
-from medxfer.pipeline.evaluation.evaluator import Evaluation, EvaluationSettings, SplitInputs, evaluate
+from medxfer.pipeline.evaluation.evaluator import Evaluation, evaluate
+from medxfer.pipeline.evaluation.inputs import EvaluationSettings, SplitInputs
 from medxfer.pipeline.evaluation.transfer import transfer_warnings
 from medxfer.pipeline.reporting.outputs import data_name, headline, write_evaluation
 from medxfer.pipeline.runs.environment import environment_info, records_manifest_hash, write_environment
 from medxfer.pipeline.runs.files import (
     ENVIRONMENT_FILE,
+    EVALUATIONS_DIR,
     METRICS_FILE,
     MODEL_CARD_FILE,
     PREDICTIONS_FILE,
     REPORT_FILE,
     UNREADABLE_FILE,
 )
-from medxfer.pipeline.runs.trained_run import TrainedRun, read_json
+from medxfer.pipeline.runs.trained_run import TrainedRun, check_run, read_json
 from medxfer.pipeline.runtime.device import resolve_device
 
 BATCH = 32
@@ -113,14 +115,15 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     (default ``RUN_DIR/evaluations/<data set name>``). ``bootstrap``, ``subgroups`` and
     ``intersections`` override the run's settings; ``max_pixels`` the run's pixel budget."""
     run_dir, data = Path(run_dir), Path(data)
-    run = TrainedRun.load(run_dir)
+    check_run(run_dir)  # the arguments are checked before the network is built
     if not data.exists():
         raise FileNotFoundError(f"{data}: no such file or folder")
     name = data_name(data)
-    out = Path(out) if out is not None else run_dir / "evaluations" / name
+    out = Path(out) if out is not None else run_dir / EVALUATIONS_DIR / name
     if out.resolve() == run_dir.resolve():
         raise ValueError(f"--out {out} is the run folder itself, whose own report it would replace; choose another")
     _check_out(out)
+    run = TrainedRun.load(run_dir)
     overrides = {k: v for k, v in {"bootstrap": bootstrap, "subgroups": subgroups,
                                    "intersections": intersections}.items() if v is not None}
     config = replace(run.config, **overrides).validate()

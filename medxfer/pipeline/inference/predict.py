@@ -52,7 +52,7 @@ from medxfer.datasets.sources import iter_files
 from medxfer.filenames import shown
 from medxfer.files import atomic_write_many
 from medxfer.pipeline.decoding.scans import DecodeSettings, check_slice_strategy, prepared_batches
-from medxfer.pipeline.evaluation.evaluator import Evaluator
+from medxfer.pipeline.evaluation.decision import Evaluator
 from medxfer.pipeline.inference.job_claim import JobClaim
 from medxfer.pipeline.inference.prediction_files import WRITTEN_BY, Parts, PredictionFiles
 from medxfer.pipeline.inference.rows import META_COLUMNS, ScanItem, Scorer, part_rows

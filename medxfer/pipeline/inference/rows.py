@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medxfer.pipeline.evaluation.evaluator import Evaluator
+from medxfer.pipeline.evaluation.decision import Evaluator
 from medxfer.pipeline.runs.trained_run import TrainedRun
 
 META_COLUMNS = ("modality", "view", "study_key")  # non-identifying facts kept per row
@@ -61,7 +61,8 @@ class Scorer:
 
 
 def part_rows(items: Sequence[ScanItem], probabilities: Sequence[np.ndarray | None], relative: list[str],
-          classes: list[str], evaluator: Evaluator, cut: float | None, aggregate: str | None) -> list[dict[str, Any]]:
+              classes: list[str], evaluator: Evaluator, cut: float | None,
+              aggregate: str | None) -> list[dict[str, Any]]:
     """Part rows of ``items``: per file its row ("ok" or "error"), and with ``aggregate`` the
     rows of a volume's slices ("slice") after it."""
     rows: list[dict[str, Any]] = []

@@ -23,14 +23,14 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from medxfer.pipeline.evaluation.schema import BiasFlag, ReliabilityBin, Split, Subgroup
 from medxfer.pipeline.evaluation.wording import SPLIT_NAMES, interval, missing, not_available, number, percent
-from medxfer.pipeline.statistics.scoring import binary_auroc
+from medxfer.pipeline.statistics.scoring import binary_auroc, binary_average_precision
 
 if TYPE_CHECKING:
-    from medxfer.pipeline.evaluation.evaluator import SplitScores
+    from medxfer.pipeline.evaluation.inputs import SplitScores
 
 DPI = 150
 # the Okabe-Ito palette
@@ -171,7 +171,7 @@ def pr_curves(scores: Mapping[str, SplitScores], classes: Sequence[str], positiv
             ax.plot([], [], label=f"{curve.name}: n/a (one class only)", **curve.style)
             continue
         precision, recall, _ = precision_recall_curve(curve.truth, curve.score)
-        ap = average_precision_score(curve.truth, curve.score)
+        ap = binary_average_precision(curve.truth, curve.score)
         prevalence = float(curve.truth.mean())
         # "average precision" in full: "AP" also names a radiograph view (AP/PA) in the subgroup tables
         label = (f"{curve.name}: average precision {number(ap, typeset=False)} "

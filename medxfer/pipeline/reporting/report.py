@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medxfer.files import atomic_write_text
-from medxfer.pipeline.evaluation.evaluator import SplitScores
+from medxfer.pipeline.evaluation.inputs import SplitScores
 from medxfer.pipeline.evaluation.schema import Metrics
 from medxfer.pipeline.evaluation.wording import missing, number
 from medxfer.pipeline.reporting import figures

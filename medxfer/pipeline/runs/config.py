@@ -43,22 +43,14 @@ from typing import Any
 import yaml
 
 from medxfer.files import atomic_write_text
-from medxfer.pipeline.runs.config_checks import (
-    COMMAND_LINE,
-    MAX_SPLIT_FRACTION,
-    ConfigError,
-    check_combination,
-    check_values,
-)
-from medxfer.pipeline.runs.config_rules import RULES, WEIGHTS_SUFFIXES
+from medxfer.pipeline.runs.config_checks import COMMAND_LINE, ConfigError, check_combination, check_values
+from medxfer.pipeline.runs.config_rules import RULES
 from medxfer.pipeline.runs.config_settings import CONFIG_KEYS, TrainConfig, plain
 
 __all__ = [
     "COMMAND_LINE",
     "CONFIG_KEYS",
     "HEADER",
-    "MAX_SPLIT_FRACTION",
-    "WEIGHTS_SUFFIXES",
     "ConfigError",
     "TrainConfig",
     "config_from_mapping",
@@ -84,15 +76,28 @@ def config_from_mapping(
         raise ConfigError(
             f"{source}: the configuration must be a mapping of key: value, got {type(mapping).__name__}"
         )
-    values = check_values(mapping, source)
+    return _checked_config([(source, mapping)], source, need_data=need_data, check_paths=check_paths)
+
+
+def _checked_config(
+    layers: list[tuple[str, Mapping[str, Any]]],
+    fallback: str,
+    *,
+    need_data: bool,
+    check_paths: bool,
+) -> TrainConfig:
+    """The configuration set by ``layers`` of ``(source, mapping)``, each on top of the ones
+    before it and every key checked against its own source's name; then the defaults for the
+    keys none sets, and the rules between keys (``fallback`` names the source of a key that no
+    layer set). Raises ``ConfigError``."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for source, mapping in layers:
+        checked = check_values(mapping, source)
+        values |= checked
+        sources |= dict.fromkeys(checked, source)
     merged = TrainConfig().to_dict() | values
-    check_combination(
-        merged,
-        dict.fromkeys(values, source),
-        source,
-        need_data=need_data,
-        check_paths=check_paths,
-    )
+    check_combination(merged, sources, fallback, need_data=need_data, check_paths=check_paths)
     return TrainConfig(**merged)
 
 
@@ -134,25 +139,16 @@ def load_config(
     (the command-line flags; a ``None`` value means "not given") on top, checked as a whole.
     Messages name the file for its keys and ``command line`` for overridden ones. Raises
     ``ConfigError``."""
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
     fallback = COMMAND_LINE
     if path is not None:
         fallback = str(path)
-        file_values = check_values(_read_yaml(Path(path), fallback), fallback)
-        values |= file_values
-        sources |= dict.fromkeys(file_values, fallback)
+        layers.append((fallback, _read_yaml(Path(path), fallback)))
     given = {
         key: value for key, value in (overrides or {}).items() if value is not None
     }
-    flag_values = check_values(given, COMMAND_LINE)
-    values |= flag_values
-    sources |= dict.fromkeys(flag_values, COMMAND_LINE)
-    merged = TrainConfig().to_dict() | values
-    check_combination(
-        merged, sources, fallback, need_data=need_data, check_paths=check_paths
-    )
-    return TrainConfig(**merged)
+    layers.append((COMMAND_LINE, given))
+    return _checked_config(layers, fallback, need_data=need_data, check_paths=check_paths)
 
 
 def write_config(config: TrainConfig, path: str | Path) -> Path:

@@ -231,7 +231,7 @@ def _names(value: Any) -> tuple[str, ...]:
 
 
 def _intersections(value: Any) -> tuple[str, ...]:
-    from medxfer.pipeline.evaluation.evaluator import parse_intersection  # scikit-learn and SciPy, not torch
+    from medxfer.pipeline.evaluation.subgroups import parse_intersection  # scikit-learn and SciPy, not torch
 
     names = _names(value)
     try:

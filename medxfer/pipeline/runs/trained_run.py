@@ -13,7 +13,10 @@ parses) and gives:
 - ``decision``: the calibration and the operating threshold fitted on the run's validation split
   (an ``Evaluator``); ``probabilities`` applies the calibration to logits;
 - ``classes``, ``recipe`` (``model.json``), ``config``, ``metrics`` (``metrics.json``),
-  ``history`` (``history.csv``) and the SHA-256 of the files a prediction depends on;
+  ``history`` (``history.csv``) and the SHA-256 of the files a prediction depends on. The
+  configuration and the metrics are parsed when first used (``predict`` and ``export`` need
+  neither when the recipe records the decoding settings), so a run stays usable for prediction
+  even if a later medxfer tightens a configuration rule;
 - ``file(name)``: the path of any other artefact stored with the run.
 """
 
@@ -23,6 +26,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,8 @@ from torch import nn
 from medxfer.csvfiles import read_csv
 from medxfer.pipeline.calibration.calibrators import TemperatureScaling, VectorScaling
 from medxfer.pipeline.decoding.scans import DecodeSettings
-from medxfer.pipeline.evaluation.evaluator import Evaluator
+from medxfer.pipeline.evaluation.decision import Evaluator
+from medxfer.pipeline.evaluation.schema import Metrics
 from medxfer.pipeline.models.classifier import XrayClassifier
 from medxfer.pipeline.runs.config import TrainConfig, load_config
 from medxfer.pipeline.runs.files import (
@@ -85,8 +90,6 @@ class TrainedRun:
     classes: tuple[str, ...]
     decision: Evaluator
     calibration_state: dict[str, Any]  # calibration.json as read
-    config: TrainConfig
-    metrics: dict[str, Any]
     calibration_sha256: str
     config_sha256: str
 
@@ -94,7 +97,7 @@ class TrainedRun:
     def load(cls, directory: str | Path) -> TrainedRun:
         """Read the run in ``directory``. Raises ``RunNotFoundError`` for a folder that is not a
         finished run or files that do not belong together, ``ValueError`` for a network that
-        ``model.json`` does not describe, ``ConfigError`` for a ``config.yaml`` that does not parse."""
+        ``model.json`` does not describe."""
         directory = Path(directory)
         check_run(directory)
         calibration_path = directory / CALIBRATION_FILE
@@ -109,8 +112,18 @@ class TrainedRun:
             raise RunNotFoundError(f"{directory}: {CALIBRATION_FILE} and {RECIPE_FILE} name different classes")
         return cls(directory=directory, networks=(network,), spec=spec, recipe=recipe, classes=classes,
                    decision=decision, calibration_state=calibration_state,
-                   config=load_config(directory / CONFIG_FILE), metrics=read_json(directory / METRICS_FILE),
                    calibration_sha256=_sha256(calibration_path), config_sha256=_sha256(directory / CONFIG_FILE))
+
+    @cached_property
+    def config(self) -> TrainConfig:
+        """The run's resolved training configuration (``config.yaml``); a ``ConfigError`` when it
+        does not parse."""
+        return load_config(self.file(CONFIG_FILE))
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """The run's ``metrics.json``; a ``RunNotFoundError`` when it cannot be read."""
+        return read_json(self.file(METRICS_FILE))
 
     @property
     def weights_sha256(self) -> str:
@@ -129,8 +142,12 @@ class TrainedRun:
         """How a scan is decoded for the networks: the window and volume strategy recorded in
         ``model.json`` (the configuration's, for a recipe that does not record them) and the pixel
         budget ``max_pixels`` (None: the default, see ``medxfer.datasets.budget``)."""
-        return DecodeSettings(self.spec, self.recipe.get("window", self.config.window),
-                              self.recipe.get("volume_strategy", self.config.volume_strategy), max_pixels)
+        return DecodeSettings(self.spec, self._recorded("window"), self._recorded("volume_strategy"), max_pixels)
+
+    def _recorded(self, key: str) -> Any:
+        """``model.json``'s ``key``, or the configuration's for a recipe without it (read only then)."""
+        value = self.recipe.get(key)
+        return getattr(self.config, key) if value is None else value
 
     def to(self, device: torch.device) -> TrainedRun:
         """Move the networks to ``device``; returns the run."""

@@ -39,7 +39,6 @@ LOGIT_WALD = "logit-scale Wald, patient-clustered variance, t quantile"
 WILSON = "Wilson score on the effective sample size, patient-clustered design effect, t quantile"
 MOVER = "MOVER combination of the components' Wilson intervals"
 MEAN_T = "t interval of a mean, patient-clustered variance"
-DIFFERENCE = "difference of two estimates, patient-clustered variance, t quantile"
 
 
 def patient_codes(patients: Sequence[Hashable | None], n: int) -> np.ndarray:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from medxfer.pipeline.evaluation.evaluator import EvaluationSettings, SplitInputs, evaluate
+from medxfer.pipeline.evaluation.evaluator import evaluate
+from medxfer.pipeline.evaluation.inputs import EvaluationSettings, SplitInputs
 from medxfer.pipeline.models.adaptation import adapt_batchnorm
 from medxfer.pipeline.models.classifier import XrayClassifier
 from medxfer.pipeline.reporting.outputs import data_name, headline, write_evaluation

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
+from medxfer.pipeline.evaluation.wording import missing, not_available, number
 from medxfer.pipeline.training.early_stopping import EarlyStopping
 from medxfer.pipeline.training.epoch import EpochRecord
 from medxfer.pipeline.training.loop import Callback, TrainingLoop
@@ -12,7 +12,7 @@ from medxfer.pipeline.training.loop import Callback, TrainingLoop
 
 def shown(value: float | None) -> str:
     """An AUROC for a log line: three decimals, or why there is none."""
-    return "n/a (one class only)" if value is None or math.isnan(value) else f"{value:.3f}"
+    return not_available("one class only") if missing(value) else number(value, typeset=False)
 
 
 class ProgressLog(Callback):

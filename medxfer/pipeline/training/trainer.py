@@ -47,13 +47,13 @@ from medxfer.pipeline.training.network import build_network, cached_part, cached
 from medxfer.pipeline.training.optimisation import Optimisation, build_optimizer
 from medxfer.pipeline.training.prefix_cache import LoopInputs, build_inputs
 from medxfer.pipeline.training.progress import ProgressLog, shown
-from medxfer.pipeline.training.run_directory import RunDirectory, RunDirectoryError
+from medxfer.pipeline.training.run_directory import RunDirectory
 from medxfer.pipeline.training.steps import DannStep, SupervisedStep, TrainableNet, imbalance_weights
 from medxfer.transforms.pipeline import XrayPipeline
 from medxfer.transforms.preparation import InputSpec
 from medxfer.transforms.presets import augmentation_from_config
 
-__all__ = ["RunDirectoryError", "TrainResult", "Trainer", "train"]
+__all__ = ["TrainResult", "Trainer", "train"]
 
 
 @dataclass(frozen=True)

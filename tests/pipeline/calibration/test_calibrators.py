@@ -17,12 +17,14 @@ from medxfer.pipeline.calibration.calibrators import (
     IdentityCalibration,
     TemperatureScaling,
     VectorScaling,
+    calibrator_from_dict,
+    make_calibrator,
+)
+from medxfer.pipeline.calibration.metrics import (
     adaptive_calibration_error,
     brier_score,
     brier_terms,
-    calibrator_from_dict,
     expected_calibration_error,
-    make_calibrator,
     maximum_calibration_error,
     negative_log_likelihood,
     reliability_bins,

@@ -19,15 +19,12 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from medxfer.pipeline.evaluation.evaluator import (
-    EvaluationSettings,
-    Evaluator,
-    SplitInputs,
-    age_band,
-    evaluate,
-    overfitting_check,
-    positive_class_index,
-)
+from medxfer.pipeline.evaluation.checks import overfitting_check
+from medxfer.pipeline.evaluation.decision import Evaluator
+from medxfer.pipeline.evaluation.evaluator import evaluate
+from medxfer.pipeline.evaluation.inputs import EvaluationSettings, SplitInputs
+from medxfer.pipeline.evaluation.subgroups import age_band
+from medxfer.pipeline.evaluation.threshold import positive_class_index
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 THREE_CLASSES = ("bacterial", "normal", "viral")

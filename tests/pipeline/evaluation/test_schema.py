@@ -12,7 +12,8 @@ from typing import Any, NotRequired, get_args, get_origin, get_type_hints
 import numpy as np
 
 from medxfer.pipeline.evaluation import schema
-from medxfer.pipeline.evaluation.evaluator import EvaluationSettings, SplitInputs, evaluate
+from medxfer.pipeline.evaluation.evaluator import evaluate
+from medxfer.pipeline.evaluation.inputs import EvaluationSettings, SplitInputs
 from medxfer.pipeline.evaluation.schema import Metrics
 from medxfer.pipeline.evaluation.simulation import simulate_test_set, simulated_report
 

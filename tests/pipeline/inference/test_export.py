@@ -17,7 +17,7 @@ from torch import nn
 
 from medxfer.pipeline.cli.main import main
 from medxfer.pipeline.decoding.scans import DecodeSettings, decode_scan
-from medxfer.pipeline.evaluation.evaluator import Evaluator
+from medxfer.pipeline.evaluation.decision import Evaluator
 from medxfer.pipeline.inference import export as export_module
 from medxfer.pipeline.inference.export import (
     ExportError,

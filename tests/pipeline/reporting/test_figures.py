@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from medxfer.pipeline.evaluation.evaluator import SplitScores
+from medxfer.pipeline.evaluation.inputs import SplitScores
 from medxfer.pipeline.reporting import figures
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from medxfer.pipeline.evaluation.evaluator import SplitScores
 from medxfer.pipeline.evaluation.flags import guarantee
+from medxfer.pipeline.evaluation.inputs import SplitScores
 from medxfer.pipeline.evaluation.wording import interval, number
 from medxfer.pipeline.reporting.model_card import write_model_card
 from medxfer.pipeline.reporting.report import write_report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from medxfer.pipeline.calibration.calibrators import make_calibrator
-from medxfer.pipeline.evaluation.evaluator import Evaluator
+from medxfer.pipeline.evaluation.decision import Evaluator
 from medxfer.pipeline.runs.files import REQUIRED_FILES
 from medxfer.pipeline.runs.saving import load_model
 from medxfer.pipeline.runs.trained_run import CalibratedClassifier, RunNotFoundError, TrainedRun
@@ -61,7 +62,7 @@ def test_an_ensemble_averages_its_members_logits(run):
     with torch.no_grad():
         for parameter in other.head.parameters():
             parameter.mul_(-2.0)  # a member that disagrees
-        ensemble = TrainedRun(**{**loaded.__dict__, "networks": (loaded.networks[0], other)})
+        ensemble = replace(loaded, networks=(loaded.networks[0], other))
         images = torch.randn((4, 3, 32, 32), generator=torch.Generator().manual_seed(1))
         mean = (loaded.networks[0](images) + other(images)) / 2
         np.testing.assert_allclose(ensemble.logits(images).numpy(), mean.numpy(), atol=1e-6)

@@ -10,10 +10,13 @@ import pytest
 from scipy.special import logit
 from scipy.stats import norm
 
-from medxfer.pipeline.calibration.calibrators import expected_calibration_error, positive_class_calibration_error
-from medxfer.pipeline.evaluation.evaluator import EvaluationSettings, Evaluator, SplitInputs, choose_threshold, evaluate
+from medxfer.pipeline.calibration.metrics import expected_calibration_error, positive_class_calibration_error
+from medxfer.pipeline.evaluation.decision import Evaluator
+from medxfer.pipeline.evaluation.evaluator import evaluate
+from medxfer.pipeline.evaluation.inputs import EvaluationSettings, SplitInputs
 from medxfer.pipeline.evaluation.simulation import CLASSES, separation_for, simulate_test_set, simulated_evaluator
 from medxfer.pipeline.evaluation.simulation import simulated_report as report
+from medxfer.pipeline.evaluation.threshold import choose_threshold
 from medxfer.pipeline.evaluation.transfer import transfer_warnings
 from medxfer.pipeline.statistics.comparisons import GroupScorer, holm_adjusted
 from medxfer.pipeline.statistics.intervals import (

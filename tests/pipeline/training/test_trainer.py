@@ -22,7 +22,8 @@ from medxfer.pipeline.runs.config import TrainConfig, load_config
 from medxfer.pipeline.runs.files import CHECKPOINT_FILE
 from medxfer.pipeline.runs.saving import load_model
 from medxfer.pipeline.runtime.distributed import Distributed
-from medxfer.pipeline.training.trainer import RunDirectoryError, Trainer, train
+from medxfer.pipeline.training.run_directory import RunDirectoryError
+from medxfer.pipeline.training.trainer import Trainer, train
 
 
 def small(cohort, out: Path, **changes) -> TrainConfig:
