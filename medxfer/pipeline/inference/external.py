@@ -167,7 +167,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     write_environment(out / ENVIRONMENT_FILE, environment_info(
         seed=config.seed, device=torch_device, data_hash=records_manifest_hash(kept_scans),
         extra={"evaluated_run": str(run_dir.resolve().name)}))
-    probabilities = run.probabilities(logits)
+    probabilities = evaluation.scores["test"].probabilities  # the calibrated probabilities the report scored
     predicted = evaluator.predict(probabilities)
     probability_columns = [f"p_{c}" for c in classes]
     write_csv(out / PREDICTIONS_FILE, ["path", "label", *probability_columns, "predicted"],
