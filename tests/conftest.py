@@ -29,7 +29,8 @@ def run(cohort, tmp_path_factory):
     from medxfer.pipeline.training.trainer import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    config = load_config(None, {"data": str(cohort.manifest), "out": str(out), "image_size": 32, "epochs": 2,
+    config = load_config(None, {"data": str(cohort.manifest), "out": str(out), "validation": "holdout",
+                                "image_size": 32, "epochs": 2,
                                 "batch_size": 8, "cache_views": 1, "workers": 0, "augment": "light",
                                 "bootstrap": 200}).validate(need_data=True)
     with pytest.MonkeyPatch.context() as patch:

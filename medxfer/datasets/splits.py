@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,32 @@ def _checked(scans: ScanSet) -> ScanSet:
     return scans
 
 
+def assign_folds(scans: ScanSet, *, folds: int, seed: int = 0) -> np.ndarray:
+    """Cross-fitting folds of the non-test records: an int array, one entry per record, holding
+    the fold (0 to ``folds`` - 1) of every record not in ``test`` and -1 for the test records.
+    Folds are grouped by patient (a patient's images share a fold) and stratified by label
+    (scikit-learn's ``StratifiedGroupKFold``, shuffled with ``seed``). Raises ``SplitError`` when
+    there are fewer patients than folds."""
+    records = scans.records
+    pool = np.array([i for i, r in enumerate(records) if r.split != "test"], dtype=np.int64)
+    groups = _group_ids(records)[pool]
+    if len(np.unique(groups)) < folds:
+        raise SplitError(f"{scans.root}: {len(np.unique(groups))} patient(s) outside the test split, too few for "
+                         f"{folds} cross-fitting folds; use fewer folds or validation: holdout")
+    labels = np.array([r.label for r in records], dtype=object)[pool]
+    names, counts = np.unique(labels, return_counts=True)
+    if counts.min() < folds:
+        raise SplitError(f"{scans.root}: class {names[counts.argmin()]} has {counts.min()} image(s) outside the test "
+                         f"split, too few for {folds} cross-fitting folds; use fewer folds or validation: holdout")
+    fold_of = np.full(len(records), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class missing from a fold is reported when it trains
+        warnings.simplefilter("ignore", UserWarning)
+        for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(pool)), labels, groups=groups)):
+            fold_of[pool[held_out]] = fold
+    return fold_of
+
+
 def split_counts(scans: ScanSet) -> dict[str, dict[str, int]]:
     """Images per split and label, e.g. ``{"train": {"normal": 40, "opacity": 38}, ...}``."""
     counts: dict[str, dict[str, int]] = {}
@@ -189,13 +216,16 @@ def split_counts(scans: ScanSet) -> dict[str, dict[str, int]]:
     return counts
 
 
-def write_splits_csv(scans: ScanSet, path: str | Path) -> Path:
+def write_splits_csv(scans: ScanSet, path: str | Path, folds: Sequence[int] | None = None) -> Path:
     """Write ``path,label,split,patient_key`` for every record (paths relative to the data root),
-    atomically, after checking for leakage. The patient key is the pseudonym, never the raw id.
-    File names of any bytes round-trip, and no cell runs as a spreadsheet formula
-    (``medxfer.csvfiles``)."""
+    atomically, after checking for leakage; with ``folds`` (one per record, as ``assign_folds``
+    gives), a ``fold`` column too: 1 to K for a cross-fitted image, blank for a test image. The
+    patient key is the pseudonym, never the raw id. File names of any bytes round-trip, and no
+    cell runs as a spreadsheet formula (``medxfer.csvfiles``)."""
     check_no_leakage(scans.records)
+    fold_of = dict(zip((id(r) for r in scans.records), folds, strict=True)) if folds is not None else {}
     rows = ({"path": scans.relative(record.path), "label": record.label, "split": record.split,
-             "patient_key": record.patient_key}
+             "patient_key": record.patient_key,
+             **({"fold": fold_of[id(record)] + 1 if fold_of[id(record)] >= 0 else ""} if fold_of else {})}
             for record in sorted(scans.records, key=lambda r: r.path.as_posix()))
-    return write_csv(path, SPLITS_CSV_COLUMNS, rows)
+    return write_csv(path, (*SPLITS_CSV_COLUMNS, "fold") if fold_of else SPLITS_CSV_COLUMNS, rows)

@@ -101,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from medxfer.pipeline.cli.demo import DemoSettings, run_demo
 
     run_demo(args.out, DemoSettings(patients=args.patients, seed=args.seed, image_size=args.image_size,
-                                    epochs=args.epochs))
+                                    epochs=args.epochs, crossfit=args.crossfit))
     return 0
 
 
@@ -132,7 +132,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = replace(config, out=f"runs/train-{datetime.now(UTC):%Y%m%d-%H%M%S}")
     config = config.validate(need_data=True, check_paths=True)
     result = train(config, resume=args.resume)
-    print(f"best epoch {result.best_epoch} of {result.epochs_run}, validation AUROC {result.val_auroc:.3f}")
+    if result.folds:
+        print(f"{len(result.folds)} fold networks, kept epochs {', '.join(str(f.best_epoch) for f in result.folds)}; "
+              f"out-of-fold AUROC {result.val_auroc:.3f}")
+    else:
+        print(f"best epoch {result.best_epoch} of {result.epochs_run}, validation AUROC {result.val_auroc:.3f}")
     return 0
 
 

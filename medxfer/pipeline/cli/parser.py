@@ -231,6 +231,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="network input side in pixels (default: 128, about half the time of 224; "
                         "train's default is 224)")
     p.add_argument("--epochs", type=_epochs, default="auto", help="auto or a number (default: auto)")
+    p.add_argument("--crossfit", action="store_true",
+                   help="train a cross-fitted ensemble (validation: crossfit, one network per fold) instead of one "
+                        "network adapted with AdaBN, which cross-fitting does not combine with")
     p.set_defaults(func=cmd_demo)
 
 

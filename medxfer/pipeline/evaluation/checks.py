@@ -15,9 +15,10 @@ WIDE_INTERVAL = 0.2  # width of the AUROC interval
 
 
 def overfitting_check(train_auroc: float | None, val_auroc: float | None, limit: float,
-                      best_epoch: int | None = None) -> Overfitting:
+                      best_epoch: int | None = None, *, out_of_fold: bool = False) -> Overfitting:
     """The train-validation AUROC gap of the kept model, flagged above ``limit``, with a sentence
-    that says the validation AUROC is that of the epoch validation itself chose (``best_epoch``)."""
+    that says the validation AUROC is that of the epoch validation itself chose (``best_epoch``),
+    or (``out_of_fold``, a cross-fitted ensemble) that it is the out-of-fold AUROC."""
     if train_auroc is None or val_auroc is None:
         return Overfitting(train_val_auroc_gap=None, limit=limit, flag=None,
                                 sentence="The train-validation gap could not be computed (an AUROC is undefined).")
@@ -26,6 +27,8 @@ def overfitting_check(train_auroc: float | None, val_auroc: float | None, limit:
                                           number(gap, typeset=False), number(limit, 2, typeset=False))
     kept = (f"the kept epoch {best_epoch}, which validation chose, so its validation AUROC is optimistic"
             if best_epoch else "the kept network")
+    if out_of_fold:
+        kept = "out-of-fold: each image scored by the fold network that never trained on it"
     if gap > limit:
         sentence = (f"Possible overfitting: AUROC is {train} on the training images but {val} on "
                     f"validation patients ({kept}), a gap of {shown_gap} (more than {shown_limit}). The model fits the "

@@ -181,6 +181,31 @@ class Overfitting(TypedDict):
     epochs_run: NotRequired[int]  # added by medxfer train
 
 
+class CrossfitFold(TypedDict):
+    """One fold of a cross-fitted run: its network's AUROC on the images it trained on and on the
+    fold it held out (None when undefined), their gap, the flag (gap above ``overfit_gap``; None
+    when the gap is undefined) and its kept epoch."""
+
+    fold: int  # 1-based
+    n_train: int
+    n_held_out: int
+    train_auroc: float | None
+    held_out_auroc: float | None
+    gap: float | None
+    flag: bool | None
+    best_epoch: int
+    epochs_run: int
+
+
+class Crossfit(TypedDict):
+    """How a cross-fitted run was validated (``validation: crossfit``)."""
+
+    folds: int
+    combined: str  # how the members' outputs are combined
+    selection: str  # the validation score that chose each fold's epoch
+    per_fold: list[CrossfitFold]
+
+
 class BiasTest(TypedDict):
     """One comparison of the family tested with Holm's procedure."""
 
@@ -257,8 +282,9 @@ class Metrics(TypedDict):
     test: NotRequired[Split]  # absent when the data has no test split
     bias: NotRequired[Bias]  # absent only when neither val nor test was scored
     overfitting: NotRequired[Overfitting]  # needs train and val (carried from the run in an external validation)
-    best_epoch: NotRequired[int]  # a training run's kept epoch (carried in an external validation)
+    best_epoch: NotRequired[int]  # a holdout training run's kept epoch (carried in an external validation)
     epochs_run: NotRequired[int]  # likewise
+    crossfit: NotRequired[Crossfit]  # a cross-fitted run's folds (carried in an external validation)
     scored_before: NotRequired[str]  # when the network changed after scoring (AdaBN to the target site)
     trained_on: NotRequired[str | None]  # external validation: the training run's data_name
     unreadable_files: NotRequired[int]  # external validation: files skipped

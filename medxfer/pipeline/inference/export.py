@@ -2,7 +2,8 @@
 
 Outside medxfer (a PACS plug-in, a C++ or ONNX Runtime service) nobody should have to rebuild the
 network from ``model.json``, re-implement the calibration or guess the preprocessing. The exported
-graph is the run's network followed by the calibration in ``calibration.json`` and a softmax:
+graph is the run's network (or, for a cross-fitted run, its K fold networks with their logits
+averaged, all in the one file) followed by the calibration in ``calibration.json`` and a softmax:
 
 - input ``image``: float32 (N, C, S, S), the network input exactly as medxfer prepares it (the
   scan decoded to [0, 1], resized to fit, given C channels and normalised with the run's mean and
@@ -129,6 +130,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, batch: int = 4
         "torch_version": torch.__version__,
         "model_sha256": recipe["weights_sha256"],
         "backbone": recipe["backbone"],
+        "networks": len(run.networks),
+        "combined": "mean of the networks' logits, then the calibration" if len(run.networks) > 1 else "one network",
         "classes": list(run.classes),
         "input": {
             "name": INPUT_NAME, "dtype": "float32", "shape": ["N", spec.channels, spec.image_size, spec.image_size],

@@ -43,7 +43,7 @@ BATCH = 32
 PROGRESS = 256  # scans between progress lines
 # from the run's metrics.json: the same calibration (with the size of the set it was fitted on),
 # the validation figures and the overfitting check
-CARRIED = ("calibration", "train", "val", "overfitting", "best_epoch", "epochs_run", "scored_before")
+CARRIED = ("calibration", "train", "val", "overfitting", "best_epoch", "epochs_run", "crossfit", "scored_before")
 
 
 EVALUATION_FILES = frozenset({METRICS_FILE, REPORT_FILE, MODEL_CARD_FILE, PREDICTIONS_FILE, UNREADABLE_FILE,

@@ -69,12 +69,14 @@ def scored_splits(metrics: Metrics) -> list[str]:
 
 
 def split_label(metrics: Metrics, split: str) -> str:
-    """"test set"; for an external validation "external test set (DATA)" and "validation set (training run)"."""
+    """"test set"; for an external validation "external test set (DATA)" and "validation set (training run)";
+    a cross-fitted run's validation is "validation set (out-of-fold)"."""
+    out_of_fold = " (out-of-fold)" if split == "val" and "crossfit" in metrics else ""
     if metrics["kind"] == "external validation" and split in ("val", "test"):
         if split == "val":
-            return "validation set (training run)"
+            return f"validation set{out_of_fold} (training run)"
         return f"external test set ({metrics['data_name']})"
-    return f"{SPLIT_NAMES.get(split, split)} set"
+    return f"{SPLIT_NAMES.get(split, split)} set{out_of_fold}"
 
 
 def title(metrics: Metrics) -> str:

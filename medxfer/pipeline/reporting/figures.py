@@ -283,10 +283,13 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
 
 def learning_curves(history: Sequence[Mapping[str, Any]] | None, best_epoch: int | None) -> bytes | None:
     """Loss and AUROC per epoch for training and validation, side by side, with the kept epoch
-    marked by a vertical line. None (nothing drawn) without a history, as for an external validation."""
+    marked by a vertical line; a cross-fitted run's history (a ``fold`` column) draws one pair of
+    lines per fold, validation being the held-out fold. None (nothing drawn) without a history, as
+    for an external validation."""
     if not history:
         return None
-    epochs = _series(history, "epoch")
+    folds = sorted({int(row["fold"]) for row in history if row.get("fold") is not None})
+    runs = [[row for row in history if row.get("fold") == fold] for fold in folds] if folds else [list(history)]
     figure = _figure(10.4, 4.0)
     panels = (
         ("Loss", "Loss (cross-entropy, nats)", "train_loss", "val_loss"),
@@ -294,8 +297,13 @@ def learning_curves(history: Sequence[Mapping[str, Any]] | None, best_epoch: int
     )
     for column, (title, ylabel, train_key, val_key) in enumerate(panels):
         ax = figure.add_subplot(1, 2, column + 1)
-        ax.plot(epochs, _series(history, train_key), color=GREEN, marker="o", markersize=4, label="train (augmented)")
-        ax.plot(epochs, _series(history, val_key), marker="s", markersize=4, label="validation", **SPLIT_STYLES["val"])
+        for i, rows in enumerate(runs):
+            epochs, first = _series(rows, "epoch"), i == 0
+            ax.plot(epochs, _series(rows, train_key), color=GREEN, marker="o", markersize=4,
+                    label=("train (augmented)" + (", each fold" if folds else "")) if first else None)
+            ax.plot(epochs, _series(rows, val_key), marker="s", markersize=4,
+                    label=("held-out fold, each fold" if folds else "validation") if first else None,
+                    **SPLIT_STYLES["val"])
         if best_epoch is not None:
             ax.axvline(best_epoch, color=BLACK, linestyle=":", linewidth=1.2, label=f"kept epoch ({best_epoch})")
         ax.set_xlabel("Epoch")

@@ -59,7 +59,21 @@ def _training(metrics: Metrics, config: Mapping[str, Any]) -> dict[str, Any]:
     return {"backbone": config.get("backbone", "n/a"), "weights": shown_config(config).get("weights", "n/a"),
             "strategy": strategy, "adapt": config.get("adapt", "n/a"), "image_size": config.get("image_size", "n/a"),
             "augment": config.get("augment", "n/a"),
-            "kept": epoch_text(metrics.get("best_epoch"), metrics.get("epochs_run"))}
+            "kept": epoch_text(metrics.get("best_epoch"), metrics.get("epochs_run")),
+            "selection": {"auroc": "AUROC", "loss": "loss", "auroc_loss": "AUROC, ties broken by the loss"}.get(
+                str(config.get("selection", "auroc")), "AUROC"),
+            "crossfit": _crossfit(metrics)}
+
+
+def _crossfit(metrics: Metrics) -> str:
+    """How a cross-fitted run's model was built, in one sentence ("" for a holdout run)."""
+    crossfit = metrics.get("crossfit")  # only in a cross-fitted run
+    if not crossfit:
+        return ""
+    epochs = ", ".join(str(row["best_epoch"]) for row in crossfit["per_fold"])
+    return (f"an ensemble of {crossfit['folds']} networks, one per patient-grouped cross-fitting fold of the non-test "
+            f"images, their logits averaged; each fold's epoch (kept: {epochs}) chosen on the fold it held out; "
+            "calibration and threshold fitted on the out-of-fold logits")
 
 
 def model_card_context(metrics: Metrics, *, config: Mapping[str, Any], environment: Mapping[str, Any]) -> dict:

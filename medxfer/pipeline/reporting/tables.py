@@ -127,7 +127,22 @@ def overfitting(metrics: Metrics) -> dict[str, Any]:
         # the run's own record first: the overfitting check carries the kept epoch in an external validation
         "epoch": epoch_text(check.get("best_epoch", metrics.get("best_epoch")),
                             check.get("epochs_run", metrics.get("epochs_run"))),
+        "folds": crossfit_folds(metrics),
     }
+
+
+def crossfit_folds(metrics: Metrics) -> list[dict[str, str]]:
+    """A cross-fitted run's per-fold overfitting check as text cells (empty for a holdout run)."""
+    crossfit = metrics.get("crossfit")  # only in a cross-fitted run
+    if not crossfit:
+        return []
+    return [{"fold": str(row["fold"]), "n": f"{row['n_train']} / {row['n_held_out']}",
+             "train_auroc": "n/a" if missing(row["train_auroc"]) else number(row["train_auroc"]),
+             "held_out_auroc": "n/a" if missing(row["held_out_auroc"]) else number(row["held_out_auroc"]),
+             "gap": "n/a" if missing(row["gap"]) else signed(row["gap"]),
+             "flag": "n/a" if row["flag"] is None else ("flagged" if row["flag"] else "no"),
+             "epoch": epoch_text(row["best_epoch"], row["epochs_run"])}
+            for row in crossfit["per_fold"]]
 
 
 def scored_before(metrics: Metrics) -> str:

@@ -108,6 +108,12 @@ def check_combination(values: dict[str, Any], sources: Mapping[str, str], fallba
             "the backbone trains, so there is nothing for the domain loss to change; use strategy "
             "partial, full or adapters, or adapt 'adabn'"
         )
+    if values["validation"] == "crossfit" and adapt != "none":
+        raise ConfigError(
+            f"{where('validation', 'adapt')}: validation 'crossfit' cannot be combined with adapt {adapt!r} yet: "
+            "adaptation changes the shared frozen part of the network that the folds are trained from; use "
+            "validation 'holdout' (or 'auto', which holds out with adapt)"
+        )
     if values["cache"] == "on" and values["strategy"] in ("full", "adapters"):
         raise ConfigError(
             f"{where('cache', 'strategy')}: cache 'on' needs a frozen first part of the backbone, and "

@@ -14,6 +14,10 @@ from typing import Any
 from medxfer.pipeline.runs.config_checks import check_combination, check_values
 from medxfer.pipeline.runs.config_rules import RULES
 
+# ``validation: auto`` cross-fits runs with at most this many non-test images (train plus
+# validation), from benchmarks/data_efficiency.py (docs/benchmarks.md, "Small-data protocol").
+AUTO_CROSSFIT_IMAGES = 200
+
 
 def _setting(default: Any, description: str) -> Any:
     """A field with its (immutable) default and its one-line description for the reference."""
@@ -44,6 +48,13 @@ class TrainConfig:
     volume_strategy: str = _setting("middle", "how a volume becomes 2D")
     val_fraction: float = _setting(0.15, "share of patients for validation when there is no `split` column")
     test_fraction: float = _setting(0.15, "share of patients for test when there is no `split` column")
+    validation: str = _setting(
+        "auto", "`holdout` (one validation split of `val_fraction` chooses the epoch, fits the calibration and "
+                   "sets the threshold), `crossfit` (`folds` patient-grouped folds over every non-test image: one "
+                   "network per fold, their out-of-fold logits validate, the fold networks form the model) or "
+                   f"`auto` (crossfit up to {AUTO_CROSSFIT_IMAGES:,} non-test images, holdout above; holdout with "
+                   "`adapt`)")
+    folds: int = _setting(5, "with `crossfit`: the number of patient-grouped, label-stratified folds")
     # network
     backbone: str = _setting(  # == medxfer.pipeline.models.backbones.DEFAULT_BACKBONE (tested)
         "efficientnet_lite0", "registry name of the ImageNet backbone")
@@ -69,7 +80,11 @@ class TrainConfig:
     warmup_epochs: float = _setting(1.0, "linear warm-up, in epochs")
     imbalance: str = _setting(
         "weighted", "`weighted` (class-weighted loss), `sampler` (classes sampled equally) or `none`")
-    patience: int = _setting(5, "epochs without a better validation AUROC before stopping; 0 never stops early")
+    patience: int = _setting(5, "epochs without a better validation score before stopping; 0 never stops early")
+    selection: str = _setting(
+        "auto", "the validation score that chooses the epoch: `auroc`, `loss` (cross-entropy), `auroc_loss` "
+                "(AUROC, ties broken by the lower loss, as when validation AUROC saturates at 1) or `auto` (`auroc` "
+                "with holdout, `loss` with crossfit: the settings measured best)")
     grad_clip: float = _setting(1.0, "largest global gradient norm; 0 turns clipping off")
     label_smoothing: float = _setting(0.0, "cross-entropy label smoothing")
     dropout: float = _setting(0.2, "dropout before the head's linear layer")

@@ -23,6 +23,7 @@ UNREADABLE_FILE = "unreadable.csv"  # files left out, and why
 PREDICTIONS_FILE = "predictions.csv"  # an external evaluation's per-image predictions
 ENVIRONMENT_FILE = "environment.json"  # code, software, hardware, seed and data hash
 CHECKPOINT_FILE = "checkpoint.safetensors"  # resumable training state, removed when training ends
+FOLD_FILE = "fold-{}.safetensors"  # a cross-fitted run's finished fold (1-based), removed when training ends
 EVALUATIONS_DIR = "evaluations"  # medxfer evaluate's default place for its folders, inside the run
 
 # What a finished run must hold before it can be evaluated, used or exported.

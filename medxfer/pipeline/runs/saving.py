@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ FORMAT = 1
 
 
 def save_model(
-    model: XrayClassifier,
+    model: XrayClassifier | Sequence[XrayClassifier],
     folder: str | Path,
     *,
     classes: list[str],
@@ -38,10 +39,14 @@ def save_model(
 ) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``folder``; returns the JSON's path.
 
+    ``model``: one network, or an ensemble's members (same architecture; their weights are stored
+    in one file, each key prefixed ``member{i}.``, and ``model.json`` records ``members``);
     ``classes``: the output names in order (class names, or findings for a multi-label head);
     ``spec``: the input the network was trained on; ``strategy``/``adaptation``: how it was
     trained (recorded for the report); ``extra``: more JSON-serialisable facts to record.
     """
+    members = [model] if isinstance(model, XrayClassifier) else list(model)
+    model = members[0]
     head = model.head[-1]
     if len(classes) != head.out_features:
         raise ValueError(f"{len(classes)} class names for a head with {head.out_features} outputs")
@@ -53,7 +58,9 @@ def save_model(
             f"the network expects {model.mean} and {model.std}"
         )
     folder = Path(folder)
-    weights = save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
+    tensors = {f"{_prefix(i, len(members))}{k}": v.detach().contiguous().cpu()
+               for i, member in enumerate(members) for k, v in member.state_dict().items()}
+    weights = save(tensors)
     recipe = {
         "format": FORMAT,
         "medxfer_version": __version__,
@@ -70,6 +77,7 @@ def save_model(
         "adaptation": adaptation,
         "adapter_reduction": model.adapter_reduction,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "members": len(members),
     }
     clashes = sorted(set(extra or {}) & set(recipe))
     if clashes:
@@ -77,6 +85,11 @@ def save_model(
     recipe.update(extra or {})
     atomic_write_bytes(folder / WEIGHTS_FILE, weights)
     return atomic_write_text(folder / RECIPE_FILE, json.dumps(recipe, indent=2) + "\n")
+
+
+def _prefix(member: int, members: int) -> str:
+    """The key prefix of an ensemble member's tensors in the weights file (none for one network)."""
+    return f"member{member}." if members > 1 else ""
 
 
 def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -107,7 +120,18 @@ def read_recipe(folder: str | Path) -> dict[str, Any]:
 
 
 def load_model(folder: str | Path) -> tuple[XrayClassifier, InputSpec, dict[str, Any]]:
-    """Rebuild a saved classifier (in eval mode), the input it expects, and its recipe.
+    """Rebuild a saved classifier (in eval mode), the input it expects, and its recipe. Raises
+    ``ValueError`` for an ensemble (``load_networks`` reads every member)."""
+    networks, spec, recipe = load_networks(folder)
+    if len(networks) > 1:
+        raise ValueError(f"{Path(folder) / RECIPE_FILE}: an ensemble of {len(networks)} networks; read it with "
+                         "load_networks or TrainedRun.load")
+    return networks[0], spec, recipe
+
+
+def load_networks(folder: str | Path) -> tuple[tuple[XrayClassifier, ...], InputSpec, dict[str, Any]]:
+    """Rebuild a saved classifier's networks (one, or an ensemble's members; in eval mode), the
+    input they expect, and the recipe.
 
     The weights file must be the one the recipe was written with (SHA-256 checked).
     """
@@ -119,20 +143,31 @@ def load_model(folder: str | Path) -> tuple[XrayClassifier, InputSpec, dict[str,
     digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     if digest != recipe["weights_sha256"]:
         raise ValueError(f"{weights_path} does not match {folder / RECIPE_FILE} (SHA-256 differs)")
+    members = recipe.get("members", 1)
     try:
-        model = build_classifier(
-            recipe["backbone"], len(recipe["classes"]), weights="random", in_channels=recipe["in_channels"],
-            dropout=recipe.get("dropout", 0.2), multi_label=recipe.get("multi_label", False),
-        )
-        if recipe.get("adapter_reduction"):
-            add_adapters(model, reduction=recipe["adapter_reduction"])
-        model.load_state_dict(load_file(str(weights_path)))
+        if not isinstance(members, int) or members < 1:
+            raise ValueError(f"members must be a whole number >= 1, got {members!r}")
+        tensors = load_file(str(weights_path))
         spec = InputSpec(
             image_size=recipe["image_size"], fit=recipe.get("fit", "letterbox"), channels=recipe["in_channels"],
             mean=tuple(recipe["mean"]), std=tuple(recipe["std"]),
         )
+        networks = []
+        for i in range(members):
+            prefix = _prefix(i, members)
+            model = build_classifier(
+                recipe["backbone"], len(recipe["classes"]), weights="random", in_channels=recipe["in_channels"],
+                dropout=recipe.get("dropout", 0.2), multi_label=recipe.get("multi_label", False),
+            )
+            if recipe.get("adapter_reduction"):
+                add_adapters(model, reduction=recipe["adapter_reduction"])
+            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if len(own) != len(tensors) // members:
+                raise ValueError(f"the weights file does not hold {members} networks of the same size")
+            model.load_state_dict(own)
+            model.mean, model.std, model.trained_spec = spec.mean, spec.std, spec
+            networks.append(model.eval())
     except (ValueError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{folder / RECIPE_FILE} does not describe the network in {WEIGHTS_FILE}: {reason}") from None
-    model.mean, model.std, model.trained_spec = spec.mean, spec.std, spec
-    return model.eval(), spec, recipe
+    return tuple(networks), spec, recipe

@@ -6,8 +6,9 @@ missing), checks that the files belong together (the weights are the ones ``mode
 written with, ``calibration.json`` and ``model.json`` name the same classes, ``config.yaml``
 parses) and gives:
 
-- ``networks``: the trained network(s), in eval mode. A run holds one today; the tuple is where an
-  ensemble's members go, and ``logits`` is the one place that combines them;
+- ``networks``: the trained network(s), in eval mode: one for a holdout run, the K fold networks
+  of a cross-fitted run (an ensemble); ``logits`` is the one place that combines them (the mean of
+  the members' logits, which the calibration was fitted for);
 - ``spec`` and ``decode_settings``: the input the networks take and how a scan is decoded for them
   (window, volume strategy), the same for every command;
 - ``decision``: the calibration and the operating threshold fitted on the run's validation split
@@ -49,7 +50,7 @@ from medxfer.pipeline.runs.files import (
     RECIPE_FILE,
     REQUIRED_FILES,
 )
-from medxfer.pipeline.runs.saving import load_model
+from medxfer.pipeline.runs.saving import load_networks
 from medxfer.transforms.preparation import InputSpec
 
 
@@ -106,11 +107,11 @@ class TrainedRun:
             decision = Evaluator.from_dict(calibration_state)
         except (ValueError, KeyError, TypeError) as exc:
             raise RunNotFoundError(f"{calibration_path}: {exc}") from None
-        network, spec, recipe = load_model(directory)
+        networks, spec, recipe = load_networks(directory)
         classes = tuple(recipe["classes"])
         if classes != tuple(decision.classes):
             raise RunNotFoundError(f"{directory}: {CALIBRATION_FILE} and {RECIPE_FILE} name different classes")
-        return cls(directory=directory, networks=(network,), spec=spec, recipe=recipe, classes=classes,
+        return cls(directory=directory, networks=networks, spec=spec, recipe=recipe, classes=classes,
                    decision=decision, calibration_state=calibration_state,
                    calibration_sha256=_sha256(calibration_path), config_sha256=_sha256(directory / CONFIG_FILE))
 
@@ -173,12 +174,12 @@ class TrainedRun:
         return CalibratedClassifier.from_evaluator(self.networks, self.decision)
 
     def history(self) -> list[dict[str, Any]] | None:
-        """The rows of ``history.csv`` (epoch as int, every other column as float; empty cells left
-        out), or None for a run without one."""
+        """The rows of ``history.csv`` (epoch and a cross-fitted run's fold as int, every other
+        column as float; empty cells left out), or None for a run without one."""
         path = self.file(HISTORY_FILE)
         if not path.is_file():
             return None
-        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v not in ("", None)}
+        return [{k: (int(v) if k in ("epoch", "fold") else float(v)) for k, v in row.items() if v not in ("", None)}
                 for row in read_csv(path)]
 
 

@@ -2,7 +2,9 @@
 
 Every image is decoded once at the network's input size and kept in memory; files that cannot
 be read stop the run, or with ``skip_unreadable`` are left out and listed. The split of each
-image comes from the manifest or ``assign_splits``.
+image comes from the manifest or ``assign_splits``. A cross-fitted run (``validation:
+crossfit``) trains on every non-test image, its ``train`` split, divided into patient-grouped
+folds (``assign_folds``); its ``val`` split is empty.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from medxfer.datasets.sources import ScanRecord, ScanSet, UnreadableFilesError, load_scans
-from medxfer.datasets.splits import assign_splits
+from medxfer.datasets.sources import ScanRecord, ScanSet, UnreadableFilesError, load_scans, with_splits
+from medxfer.datasets.splits import assign_folds, assign_splits
 from medxfer.filenames import shown
 from medxfer.pipeline.decoding.scans import DecodeSettings, decode_all
 from medxfer.pipeline.runs.config import TrainConfig
+from medxfer.pipeline.runs.config_settings import AUTO_CROSSFIT_IMAGES
 
 SPLITS = ("train", "val", "test")
 
@@ -35,6 +39,18 @@ class TrainingData:
     records: list[ScanRecord]
     by_split: dict[str, list[int]]
     target: list[torch.Tensor] | None
+    folds: np.ndarray | None = None  # cross-fitting: each image's fold (0 to K - 1), -1 for test; None: holdout
+
+    @property
+    def n_folds(self) -> int:
+        """The number of cross-fitting folds (0: a holdout run)."""
+        return 0 if self.folds is None else int(self.folds.max()) + 1
+
+    def fold_positions(self, fold: int) -> tuple[list[int], list[int]]:
+        """Cross-fitting: the positions, within the ``train`` split (every non-test image), of the
+        images fold ``fold`` trains on and of those it holds out."""
+        pool = self.folds[self.by_split["train"]]
+        return np.flatnonzero(pool != fold).tolist(), np.flatnonzero(pool == fold).tolist()
 
     def split_images(self, split: str) -> list[torch.Tensor]:
         return [self.images[i] for i in self.by_split[split]]
@@ -62,14 +78,29 @@ def load_training_data(labelled: ScanSet, config: TrainConfig, settings: DecodeS
         for item in scans.unreadable:
             log(f"  {shown(item.path)}: {item.reason}")
     scans = assign_splits(scans, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    folds = None
+    if resolve_validation(config, sum(r.split != "test" for r in scans.records)) == "crossfit":
+        # Every non-test image is cross-fitted: the validation split joins the training images.
+        scans = with_splits(scans, ["test" if r.split == "test" else "train" for r in scans.records])
+        folds = assign_folds(scans, folds=config.folds, seed=config.seed)
     target = load_target(config, settings, workers=workers, log=log) if config.adapt in ("adabn", "dann") else None
     index = {name: i for i, name in enumerate(labelled.classes)}
     labels = torch.tensor([index[r.label] for r in scans.records])
     by_split = {s: [i for i, r in enumerate(scans.records) if r.split == s] for s in SPLITS}
-    data = TrainingData(list(labelled.classes), [images[i] for i in kept], labels, scans.records, by_split, target)
+    data = TrainingData(list(labelled.classes), [images[i] for i in kept], labels, scans.records, by_split, target,
+                        folds)
     if len(data.split_labels("train").unique()) < len(data.classes):
         raise ValueError(f"{config.data}: the training split lacks some classes; more data is needed")
     return scans, data
+
+
+def resolve_validation(config: TrainConfig, n_pool: int) -> str:
+    """The validation protocol of a run with ``n_pool`` non-test images: ``config.validation``, with
+    ``auto`` resolved (crossfit up to ``AUTO_CROSSFIT_IMAGES`` images, holdout above or with
+    ``adapt``)."""
+    if config.validation != "auto":
+        return config.validation
+    return "crossfit" if n_pool <= AUTO_CROSSFIT_IMAGES and config.adapt == "none" else "holdout"
 
 
 def load_target(config: TrainConfig, settings: DecodeSettings, *, workers: int,

@@ -12,17 +12,24 @@ from medxfer.pipeline.training.loop import Callback, TrainingLoop
 
 class History(Callback):
     """Appends each epoch's row (``EpochRecord.row``) to ``rows_`` and, when ``write`` (rank 0),
-    rewrites ``path`` with every row so far (floats to 6 significant digits)."""
+    rewrites ``path`` with every row so far (floats to 6 significant digits). A cross-fitted run
+    sets ``fold`` (0-based) for each fold's history: its rows then open with a 1-based ``fold``
+    column, and the run writes every fold's rows with ``save`` once the folds are trained."""
 
     def __init__(self, path: Path, *, write: bool) -> None:
         self.path, self.write = path, write
+        self.fold: int | None = None
         self.rows_: list[dict[str, float]] = []
 
     def on_epoch_end(self, loop: TrainingLoop, record: EpochRecord) -> None:
-        self.rows_.append(record.row())
+        self.rows_.append(record.row() if self.fold is None else {"fold": self.fold + 1, **record.row()})
         if self.write:
-            write_csv(self.path, list(self.rows_[0]),
-                      ({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in self.rows_))
+            self.save(self.rows_)
+
+    def save(self, rows: list[dict[str, float]]) -> None:
+        """Rewrite the file with ``rows`` (a cross-fitted run's folds, gathered once all are trained)."""
+        write_csv(self.path, list(rows[0]),
+                  ({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows))
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.rows_}

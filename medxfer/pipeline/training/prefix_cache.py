@@ -40,6 +40,15 @@ class Inputs:
     def __len__(self) -> int:
         return len(self.views[0]) if self.views is not None else len(self.dataset)
 
+    def subset(self, indices: list[int]) -> Inputs:
+        """The inputs of images ``indices`` only (cached rows copied, never recomputed)."""
+        labels = None if self.labels is None else self.labels[indices]
+        if self.views is not None:
+            return Inputs(labels, views=[view[indices] for view in self.views])
+        images = [self.dataset.images[i] for i in indices]
+        own = None if self.dataset.labels is None else [self.dataset.labels[i] for i in indices]
+        return Inputs(labels, dataset=AugmentedDataset(images, own, self.dataset.pipeline, seed=self.dataset.seed))
+
     def rows(self, indices: list[int], epoch: int = 0) -> torch.Tensor:
         """The inputs of images ``indices`` in ``epoch``, stacked: view ``epoch`` mod the number
         of views, or each image's augmentation drawn for ``epoch``."""

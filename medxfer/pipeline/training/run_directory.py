@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,7 +74,7 @@ class RunDirectory:
             return config
         saved = load_config(self.file(CONFIG_FILE))
         wanted = config
-        for key in ("epochs", "cache_views"):  # "auto" was resolved when the run started
+        for key in ("epochs", "cache_views", "validation", "selection"):  # "auto" was resolved when the run started
             if getattr(wanted, key) == "auto":
                 wanted = replace(wanted, **{key: getattr(saved, key)})
         # The folder may be named differently from another working directory, and the number of
@@ -85,9 +85,11 @@ class RunDirectory:
             raise RunDirectoryError(f"{self.path}: --resume continues the run as configured; these settings differ: {items}")
         return saved
 
-    def write_setup(self, config: TrainConfig, scans: ScanSet, device: torch.device) -> None:
-        """The set-up files: configuration (new runs), splits, unreadable files, environment.
-        Raises ``RunDirectoryError`` when a resumed run's data changed."""
+    def write_setup(self, config: TrainConfig, scans: ScanSet, device: torch.device,
+                    folds: Sequence[int] | None = None) -> None:
+        """The set-up files: configuration (new runs), splits (with each image's cross-fitting
+        fold, ``folds``), unreadable files, environment. Raises ``RunDirectoryError`` when a
+        resumed run's data changed."""
         data_hash = records_manifest_hash(scans)
         saved_environment = self.file(ENVIRONMENT_FILE)
         if self.resume and saved_environment.is_file() and data_hash != json.loads(
@@ -104,7 +106,7 @@ class RunDirectory:
                 self.written_ += [path for path in (self.file(name) for name in (
                     CONFIG_FILE, SPLITS_FILE, ENVIRONMENT_FILE, UNREADABLE_FILE, HISTORY_FILE)) if not path.exists()]
                 write_config(config, self.file(CONFIG_FILE))
-            write_splits_csv(scans, self.file(SPLITS_FILE))
+            write_splits_csv(scans, self.file(SPLITS_FILE), folds)
             if scans.unreadable:
                 write_csv(self.file(UNREADABLE_FILE), ("path", "reason"),
                           [{"path": scans.relative(u.path), "reason": u.reason} for u in scans.unreadable])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,17 +30,19 @@ from medxfer.datasets.sources import load_labelled
 from medxfer.pipeline.decoding.scans import DecodeSettings
 from medxfer.pipeline.models.adaptation import DomainClassifier, adapt_batchnorm
 from medxfer.pipeline.models.classifier import XrayClassifier
+from medxfer.pipeline.models.prefix import split_backbone
 from medxfer.pipeline.runs.config import TrainConfig
-from medxfer.pipeline.runs.files import CHECKPOINT_FILE, HISTORY_FILE, UNREADABLE_FILE
+from medxfer.pipeline.runs.files import CHECKPOINT_FILE, FOLD_FILE, HISTORY_FILE, UNREADABLE_FILE
 from medxfer.pipeline.runtime.device import resolve_device, resolve_workers, usable_cores
 from medxfer.pipeline.runtime.distributed import Distributed
 from medxfer.pipeline.training.batches import EpochSchedule, TrainBatches
+from medxfer.pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from medxfer.pipeline.training.checkpointing import Checkpointing
 from medxfer.pipeline.training.data import TrainingData, load_training_data
-from medxfer.pipeline.training.early_stopping import EarlyStopping
+from medxfer.pipeline.training.early_stopping import SCORE_WORDS, EarlyStopping, resolve_selection
 from medxfer.pipeline.training.epoch import EpochRunner
 from medxfer.pipeline.training.execution import Execution, shuffled_batches
-from medxfer.pipeline.training.finishing import Outcome, finish
+from medxfer.pipeline.training.finishing import Fitted, Outcome, finish, finish_folds
 from medxfer.pipeline.training.history import History
 from medxfer.pipeline.training.loop import TrainingLoop
 from medxfer.pipeline.training.network import build_network, cached_part, cached_stages, resolve_auto
@@ -59,13 +61,16 @@ __all__ = ["TrainResult", "Trainer", "train"]
 @dataclass(frozen=True)
 class TrainResult:
     """What a finished run produced: the run folder, the epoch whose weights were kept
-    (1-based), how many epochs ran, and the validation AUROC of the kept weights."""
+    (1-based), how many epochs ran, the validation AUROC of the kept weights and the history.
+    A cross-fitted run gives each fold's ``Fitted`` in ``folds``, the out-of-fold AUROC as
+    ``val_auroc`` (uncalibrated logits) and 0 as ``best_epoch``."""
 
     run_dir: Path
     best_epoch: int
     epochs_run: int
     val_auroc: float
     history: list[dict[str, float]]
+    folds: tuple[Fitted, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class Trainer:
             device = torch.device("cuda", dist.local_rank)
         self.execution = Execution(device, dist, config.channels_last, config.amp, resolve_workers(config.workers))
         self.run_dir = RunDirectory(config.out, resume=resume, dist=dist)
+        self._writes = dist.is_main  # this process writes the run's files (rank 0)
         self._log = log
         # Decoding runs alone, before any training: every core can decode (full-size films are slow).
         self.decode_workers = usable_cores() if config.workers == "auto" else self.execution.workers
@@ -130,33 +136,43 @@ class Trainer:
         max_pixels = None if config.max_pixels == "auto" else int(config.max_pixels)
         labelled = load_labelled(config.data, layout=config.layout, skip_unreadable=config.skip_unreadable,
                                  max_pixels=max_pixels)
-        model = build_network(config, len(labelled.classes))
+        model = build_network(config, len(labelled.classes))  # on the CPU until resolve_auto has sized the cache
         spec = model.input_spec(config.image_size, config.fit)
         settings = DecodeSettings(spec, config.window, config.volume_strategy, max_pixels)
         scans, data = load_training_data(labelled, config, settings, workers=self.decode_workers,
                                          unreadable_file=self.run_dir.file(UNREADABLE_FILE), log=self.log)
         frozen = cached_stages(model, config)
         plain = XrayPipeline(spec, "none")
-        self.config = config = resolve_auto(config, model, frozen, len(data.by_split["train"]), data.images[0], plain)
-        self.run_dir.write_setup(config, scans, self.device)
+        # a fold trains on K - 1 of the K folds of the non-test images
+        n_train = len(data.by_split["train"]) * (data.n_folds - 1) // data.n_folds if data.n_folds else len(
+            data.by_split["train"])
+        config = replace(config, validation="crossfit" if data.n_folds else "holdout",
+                         selection=resolve_selection(config.selection, crossfit=bool(data.n_folds)))
+        self.config = config = resolve_auto(config, model, frozen, n_train, data.images[0], plain)
+        self.run_dir.write_setup(config, scans, self.device, folds=data.folds)
         model.to(self.device)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
         return Prepared(model, spec, plain, XrayPipeline(spec, augmentation_from_config(config.augment)), frozen, data)
 
-    def build_loop(self, prepared: Prepared) -> LoopParts:
-        """Inputs (cached or on the fly), the trainable part (wrapped in DistributedDataParallel
-        under torchrun), the optimiser, the batch schedule and the step."""
-        config, model, execution = self.config, prepared.model, self.execution
+    def build_inputs(self, prepared: Prepared, data: TrainingData | None = None) -> LoopInputs:
+        """What feeds the trainable part (``prefix_cache``) for ``data`` (default: the run's),
+        after AdaBN's source-site statistics when asked."""
+        config = self.config
         if config.adapt == "adabn":
             # AdaBN standardises each site with its own statistics: the source site's during
             # training (here, before anything is cached), the target site's once trained.
-            seen = adapt_batchnorm(model, shuffled_batches(prepared.data.split_images("train"), prepared.plain,
-                                                           config.seed), device=self.device)
+            seen = adapt_batchnorm(prepared.model, shuffled_batches(prepared.data.split_images("train"),
+                                                                    prepared.plain, config.seed), device=self.device)
             self.log(f"AdaBN: BatchNorm statistics of the training site estimated on {seen} scans")
-        inputs = build_inputs(model, prepared.data, prepared.frozen, plain=prepared.plain, augment=prepared.augment,
-                              views=config.cache_views, seed=config.seed, dann=config.adapt == "dann",
-                              execution=execution, log=self.log)
+        return build_inputs(prepared.model, data or prepared.data, prepared.frozen, plain=prepared.plain,
+                            augment=prepared.augment, views=config.cache_views, seed=config.seed,
+                            dann=config.adapt == "dann", execution=self.execution, log=self.log)
+
+    def build_loop(self, model: XrayClassifier, inputs: LoopInputs, n_classes: int) -> LoopParts:
+        """The trainable part fed by ``inputs`` (wrapped in DistributedDataParallel under
+        torchrun), the optimiser, the batch schedule and the step."""
+        config, execution = self.config, self.execution
         domain = DomainClassifier(model.info.feature_dim).to(self.device) if config.adapt == "dann" else None
         net = TrainableNet(inputs.suffix, model.head, domain)
         optimizer = build_optimizer(model, domain, lr=config.lr, layer_decay=config.layer_decay,
@@ -167,7 +183,7 @@ class Trainer:
         schedule = EpochSchedule(inputs.train.labels, batch_size=config.batch_size, seed=config.seed,
                                  balanced=config.imbalance == "sampler", dist=execution.dist)
         batches = TrainBatches(inputs.train, schedule, workers=execution.workers)
-        weights = imbalance_weights(inputs.train.labels, len(prepared.data.classes), config.imbalance)
+        weights = imbalance_weights(inputs.train.labels, n_classes, config.imbalance)
         common = {"label_smoothing": config.label_smoothing, "per_rank": schedule.per_rank, "execution": execution}
         step = (DannStep(wrapped, weights, target=inputs.target, weight=config.dann_weight,
                          total_steps=config.epochs * schedule.steps, seed=config.seed, **common)
@@ -176,36 +192,119 @@ class Trainer:
                              epochs=config.epochs, execution=execution)
         return LoopParts(inputs, domain, runner, batches)
 
-    def _train(self) -> TrainResult:
-        prepared = self.prepare()
-        parts = self.build_loop(prepared)
-        config, model, is_main = self.config, prepared.model, self.execution.dist.is_main
-        early_stopping = EarlyStopping(model, patience=config.patience, log=self.log)
-        history = History(self.run_dir.file(HISTORY_FILE), write=is_main)
+    def fit(self, model: XrayClassifier, parts: LoopParts, history: History, *, fold: int | None = None) -> Fitted:
+        """Train ``model`` with ``parts`` until the last epoch or early stopping (resuming from the
+        checkpoint when the run resumes and it is this ``fold``'s); ``model`` ends with the kept
+        epoch's weights."""
+        config = self.config
+        early_stopping = EarlyStopping(model, patience=config.patience, log=self.log, selection=config.selection)
         loop = TrainingLoop(parts.runner, parts.batches, parts.inputs.val, [], epochs=config.epochs,
                             dist=self.execution.dist)
         checkpointing = Checkpointing(self.run_dir.file(CHECKPOINT_FILE), model=model, domain=parts.domain,
                                       optimizer=parts.runner.optimisation.optimizer, early_stopping=early_stopping,
-                                      stateful=[loop, history], write=is_main)
+                                      stateful=[loop, history], write=self._writes, fold=fold)
         loop.callbacks = [early_stopping, ProgressLog(self.log, early_stopping), history, checkpointing]
         if self.run_dir.resume:
             checkpointing.restore(self.log, config.epochs)
-        self._log_start(prepared, parts)
         steps = parts.runner.schedule.steps
         parts.runner.optimisation.start(warmup=round(config.warmup_epochs * steps), total=config.epochs * steps,
                                         first_step=loop.epoch * steps)
         loop.fit()
         best = early_stopping.best_epoch_
-        best_auroc = history.rows_[best - 1]["val_auroc"] if best else math.nan
-        self.log(f"kept the weights of epoch {best} (validation AUROC {shown(best_auroc)})")
-        finish(model, prepared.data, Outcome(best, loop.epoch, history.rows_), config=config, spec=prepared.spec,
-               plain=prepared.plain, run_dir=self.run_dir, execution=self.execution, log=self.log)
-        return TrainResult(self.run_dir.path, best, loop.epoch, best_auroc, history.rows_)
+        rows = [row for row in history.rows_ if fold is None or row["fold"] == fold + 1]
+        return Fitted(best, loop.epoch, rows[best - 1]["val_auroc"] if best else math.nan)
 
-    def _log_start(self, prepared: Prepared, parts: LoopParts) -> None:
+    def _train(self) -> TrainResult:
+        prepared = self.prepare()
+        if prepared.data.n_folds:
+            return self._train_folds(prepared)
+        parts = self.build_loop(prepared.model, self.build_inputs(prepared), len(prepared.data.classes))
+        history = History(self.run_dir.file(HISTORY_FILE), write=self._writes)
+        self.log_start(prepared, parts)
+        fitted = self.fit(prepared.model, parts, history)
+        self.log(f"kept the weights of epoch {fitted.best_epoch} (validation AUROC {shown(fitted.val_auroc)}"
+                 + (f"; chosen on validation {SCORE_WORDS[self.config.selection]})" if self.config.selection != "auroc"
+                    else ")"))
+        finish(prepared.model, prepared.data, Outcome(fitted.best_epoch, fitted.epochs_run, history.rows_),
+               config=self.config, spec=prepared.spec, plain=prepared.plain, run_dir=self.run_dir,
+               execution=self.execution, log=self.log)
+        return TrainResult(self.run_dir.path, fitted.best_epoch, fitted.epochs_run, fitted.val_auroc, history.rows_)
+
+    def _train_folds(self, prepared: Prepared) -> TrainResult:
+        """A cross-fitted run (``validation: crossfit``): the K fold networks, then the ensemble's files.
+
+        The prefix cache is computed once for every non-test image (augmented views to train on and
+        the plain view to validate on); fold k trains a fresh network on the rows of the other folds
+        with its own early stopping on fold k's rows, so each image's held-out logits come from the
+        one network that never saw it. A finished fold's kept weights and history are stored
+        (``FOLD_FILE``, a checkpoint file), so a killed run resumes in the fold it was in. Under
+        torchrun the folds are shared out: process r trains folds r, r + N, ... alone, and every
+        process then reads all of them from their files."""
+        data, dist = prepared.data, self.execution.dist
+        k = data.n_folds
+        shared = self.build_inputs(prepared, replace(data, by_split={**data.by_split, "val": data.by_split["train"]}))
+        trained: dict[int, XrayClassifier] = {}
+        for fold in dist.shard(k):
+            if not self.run_dir.file(FOLD_FILE.format(fold + 1)).is_file():
+                trained[fold] = self._train_fold(prepared, shared, fold)
+        dist.barrier()
+        members, fitted, rows = [], [], []
+        for fold in range(k):
+            parts, state = load_checkpoint(self.run_dir.file(FOLD_FILE.format(fold + 1)))
+            if fold not in trained:
+                trained[fold] = prepared.model if fold == 0 else self._network(len(data.classes))
+                trained[fold].load_state_dict(parts["model"])
+                self.log(f"fold {fold + 1}/{k}: trained " + ("by another process" if dist.enabled
+                                                             else "before the interruption")
+                         + f" (epoch {state['fitted']['best_epoch']} kept)")
+            members.append(trained[fold])
+            fitted.append(Fitted(**state["fitted"]))
+            rows += state["history"]
+        if self._writes:
+            History(self.run_dir.file(HISTORY_FILE), write=True).save(rows)  # every fold's, in fold order
+        cached = shared.val.views[0] if shared.val.views is not None else None
+        oof_auroc = finish_folds(members, data, fitted, rows, frozen=prepared.frozen, cached=cached,
+                                 config=self.config, spec=prepared.spec, plain=prepared.plain, run_dir=self.run_dir,
+                                 execution=self.execution, log=self.log)
+        return TrainResult(self.run_dir.path, 0, max(f.epochs_run for f in fitted), oof_auroc, rows,
+                           folds=tuple(fitted))
+
+    def _train_fold(self, prepared: Prepared, shared: LoopInputs, fold: int) -> XrayClassifier:
+        """Train fold ``fold``'s network from the ``shared`` inputs (in this process alone under
+        torchrun) and store it with its history; returns it with its kept weights."""
+        data, k, whole = prepared.data, prepared.data.n_folds, self.execution
+        model = prepared.model if fold == 0 else self._network(len(data.classes))
+        if whole.dist.enabled:  # this process trains the fold alone: no gradient exchange, its own lines
+            self.execution = replace(whole, dist=Distributed())
+        try:
+            train_rows, held_out = data.fold_positions(fold)
+            suffix = split_backbone(model, prepared.frozen)[1] if prepared.frozen else model.backbone
+            parts = self.build_loop(model, LoopInputs(suffix, shared.train.subset(train_rows),
+                                                      shared.val.subset(held_out), None), len(data.classes))
+            self.log_start(prepared, parts, fold=f"fold {fold + 1}/{k}: ")
+            history = History(self.run_dir.file(HISTORY_FILE), write=False)
+            history.fold = fold
+            fitted = self.fit(model, parts, history, fold=fold)
+            self.log(f"fold {fold + 1}/{k}: kept the weights of epoch {fitted.best_epoch} (held-out AUROC "
+                     f"{shown(fitted.val_auroc)}; chosen on {SCORE_WORDS[self.config.selection]})")
+            save_checkpoint(self.run_dir.file(FOLD_FILE.format(fold + 1)), {"model": model.state_dict()},
+                            {"fitted": vars(fitted), "history": history.rows_})
+        finally:
+            self.execution = whole
+        return model
+
+    def _network(self, n_classes: int) -> XrayClassifier:
+        """A new network as the configuration builds it, on the run's device."""
+        model = build_network(self.config, n_classes).to(self.device)
+        if self.config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def log_start(self, prepared: Prepared, parts: LoopParts, fold: str = "") -> None:
+        """The run's (or a fold's, ``fold`` naming it) opening line: classes, images, network, epochs."""
         config, dist = self.config, self.execution.dist
         classes = prepared.data.classes
-        self.log(f"training {len(classes)} classes ({', '.join(classes)}) on {len(parts.inputs.train)} images, "
+        self.log(f"{fold}training {len(classes)} classes ({', '.join(classes)}) on {len(parts.inputs.train)} images, "
                  f"validating on {len(parts.inputs.val)}: {config.backbone}, {config.strategy}"
                  + (f", {cached_part(prepared.model, prepared.frozen)} cached" if prepared.frozen else "")
                  + f", up to {config.epochs} epochs of {parts.runner.schedule.steps} batches, {self.device}"

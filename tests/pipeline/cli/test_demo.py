@@ -99,3 +99,15 @@ def test_a_folder_that_is_not_empty_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not empty"):
         run_demo(tmp_path, DemoSettings(patients=4), log=lambda _: None)
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+def test_the_crossfit_demo_trains_an_ensemble_and_uses_it_in_every_step(tmp_path):
+    from medxfer.pipeline.runs.trained_run import TrainedRun
+
+    lines: list[str] = []
+    result = run_demo(tmp_path / "out", DemoSettings(patients=36, image_size=32, epochs=2, bootstrap=0, crossfit=True),
+                      log=lines.append)
+    run = TrainedRun.load(result.run_dir)
+    assert len(run.networks) == 5 and "crossfit" in result.metrics and "crossfit" in result.external_metrics
+    assert [line for line in lines if "fold 5/5: training" in line]
+    assert result.predicted == len(read_csv(result.predictions)) > 0

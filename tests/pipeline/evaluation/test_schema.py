@@ -78,6 +78,19 @@ def test_a_three_class_training_run_matches_the_schema():
     assert schema_problems(metrics, Metrics) == []
 
 
+def test_a_crossfitted_run_matches_the_schema():
+    from medxfer.pipeline.training.finishing import Fitted, crossfit_record
+
+    metrics = _three_class_run()
+    rng = np.random.default_rng(5)
+    labels, fold_of = rng.integers(0, 3, 60), np.arange(60) % 3
+    on_pool = [rng.normal(size=(60, 3)) + np.eye(3)[labels] for _ in range(3)]
+    metrics["crossfit"] = crossfit_record(labels, fold_of, on_pool, [Fitted(2, 4, 0.8)] * 3, selection="loss",
+                                          limit=0.05)
+    metrics = json.loads(json.dumps(metrics))
+    assert len(metrics["crossfit"]["per_fold"]) == 3 and schema_problems(metrics, Metrics) == []
+
+
 def test_the_check_finds_an_undeclared_and_a_missing_key():
     s = simulate_test_set(np.random.default_rng(1), patients=40)
     metrics = simulated_report(s)

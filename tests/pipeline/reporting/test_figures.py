@@ -64,3 +64,14 @@ def test_the_roc_legend_gives_the_auroc_scikit_learn_computes_also_with_ties(kee
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     expected = roc_auc_score(scores["test"].labels == 1, scores["test"].probabilities[:, 1])
     assert any(line.endswith(f"AUROC {expected:.3f}") for line in legend), legend
+
+
+def test_a_crossfitted_history_draws_one_pair_of_lines_per_fold(keep_figure):
+    history = [{"fold": fold, "epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 0.5, "train_auroc": 0.8,
+                "val_auroc": 0.7} for fold in (1, 2, 3) for epoch in (1, 2)]
+    figure = figures.learning_curves(history, None)
+    loss = figure.axes[0]
+    assert len(loss.lines) == 6
+    assert all(list(line.get_xdata()) == [1.0, 2.0] for line in loss.lines)  # no line runs back from fold to fold
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train (augmented), each fold",
+                                                                      "held-out fold, each fold"]

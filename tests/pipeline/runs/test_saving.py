@@ -120,3 +120,27 @@ def test_extra_facts_cannot_replace_the_recipe(tmp_path):
         save_model(model, tmp_path, classes=["a", "b"], spec=model.input_spec(224), strategy="full",
                    extra={"image_size": 512, "fit": "squash"})
     assert not (tmp_path / RECIPE_FILE).exists()
+
+
+def test_an_ensemble_is_saved_in_one_file_and_each_member_reloads_to_its_own_outputs(tmp_path):
+    from medxfer.pipeline.runs.saving import load_networks
+
+    members = [trained_a_little(build_classifier("efficientnet_lite0", 2)) for _ in range(3)]
+    spec = members[0].input_spec(64)
+    save_model(members, tmp_path, classes=["normal", "opacity"], spec=spec, strategy="partial")
+    recipe = read_recipe(tmp_path)
+    assert recipe["members"] == 3 and sorted(p.name for p in tmp_path.iterdir()) == [RECIPE_FILE, WEIGHTS_FILE]
+    networks, loaded_spec, _ = load_networks(tmp_path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert loaded_spec == spec and len(networks) == 3
+        assert all(torch.equal(n(x), m(x)) for n, m in zip(networks, members, strict=True))
+        assert not torch.equal(networks[0](x), networks[1](x))
+    with pytest.raises(ValueError, match="an ensemble of 3 networks; read it with load_networks"):
+        load_model(tmp_path)
+
+
+def test_a_single_network_recipe_records_one_member(tmp_path):
+    model = build_classifier("efficientnet_lite0", 2)
+    save_model(model, tmp_path, classes=["normal", "opacity"], spec=model.input_spec(64), strategy="partial")
+    assert read_recipe(tmp_path)["members"] == 1 and load_model(tmp_path)[0] is not None

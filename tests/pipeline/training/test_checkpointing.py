@@ -14,7 +14,7 @@ from medxfer.pipeline.training.history import History
 from medxfer.pipeline.training.loop import TrainingLoop
 
 
-def parts(tmp_path, seed: int, write: bool = True):
+def parts(tmp_path, seed: int, write: bool = True, fold: int | None = None):
     torch.manual_seed(seed)
     model, domain = nn.Linear(3, 2), nn.Linear(3, 1)
     optimizer = torch.optim.AdamW([*model.parameters(), *domain.parameters()], lr=0.1)
@@ -22,12 +22,12 @@ def parts(tmp_path, seed: int, write: bool = True):
     history = History(tmp_path / "history.csv", write=False)
     loop = TrainingLoop(None, None, None, [], epochs=5, dist=Distributed())
     checkpointing = Checkpointing(tmp_path / "c.safetensors", model=model, domain=domain, optimizer=optimizer,
-                                  early_stopping=early, stateful=[loop, history], write=write)
+                                  early_stopping=early, stateful=[loop, history], write=write, fold=fold)
     return model, domain, optimizer, early, history, loop, checkpointing
 
 
-def trained_epoch(tmp_path):
-    model, domain, optimizer, early, history, loop, checkpointing = parts(tmp_path, 0)
+def trained_epoch(tmp_path, fold: int | None = None):
+    model, domain, optimizer, early, history, loop, checkpointing = parts(tmp_path, 0, fold=fold)
     early.on_fit_start(loop)
     (model(torch.ones(1, 3)).sum() + domain(torch.ones(1, 3)).sum()).backward()
     optimizer.step()
@@ -41,7 +41,7 @@ def trained_epoch(tmp_path):
 def test_a_restored_run_has_the_saved_weights_optimizer_and_state(tmp_path):
     model, domain, optimizer, early = trained_epoch(tmp_path)
     _, state = load_checkpoint(tmp_path / "c.safetensors")
-    assert set(state) == {"epoch", "best_epoch", "best_score", "bad_epochs", "history", "optimizer"}
+    assert set(state) == {"epoch", "best_epoch", "best_score", "best_loss", "bad_epochs", "history", "optimizer"}
     model2, domain2, optimizer2, early2, history2, loop2, checkpointing2 = parts(tmp_path, 1)
     messages: list[str] = []
     assert checkpointing2.restore(messages.append, 5) == 1
@@ -58,3 +58,17 @@ def test_without_a_checkpoint_nothing_is_restored_and_other_processes_write_none
     assert checkpointing.restore(print, 5) == 0
     checkpointing.on_epoch_end(loop, EpochRecord(1, 0.5, 0.6, 0.4, 0.7, {}, 1.0, 1.0))
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_a_checkpoint_of_another_fold_is_not_restored(tmp_path):
+    trained_epoch(tmp_path)  # a holdout checkpoint (no fold)
+    model, *_, loop, checkpointing = parts(tmp_path, 1, fold=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert checkpointing.restore(print, 5) == 0 and loop.epoch == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    trained_epoch(tmp_path, fold=2)
+    assert load_checkpoint(tmp_path / "c.safetensors")[1]["fold"] == 2
+    assert parts(tmp_path, 3, fold=1)[-1].restore(print, 5) == 0  # fold 2's checkpoint, fold 1 asks
+    messages: list[str] = []
+    assert parts(tmp_path, 3, fold=2)[-1].restore(messages.append, 5) == 1
+    assert messages == ["resuming fold 3 after epoch 1 of 5"]

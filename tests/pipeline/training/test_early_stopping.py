@@ -61,6 +61,40 @@ def test_without_any_scored_epoch_the_initial_weights_are_kept():
 
 def test_state_round_trips():
     stopper = EarlyStopping(nn.Linear(1, 1), patience=3, log=print)
-    stopper.load_state_dict({"best_epoch": 4, "best_score": 0.8, "bad_epochs": 3, "epoch": 7})
+    stopper.load_state_dict({"best_epoch": 4, "best_score": 0.8, "best_loss": 0.3, "bad_epochs": 3, "epoch": 7})
     assert stopper.should_stop
-    assert stopper.state_dict() == {"best_epoch": 4, "best_score": 0.8, "bad_epochs": 3}
+    assert stopper.state_dict() == {"best_epoch": 4, "best_score": 0.8, "best_loss": 0.3, "bad_epochs": 3}
+
+
+def test_loss_selection_keeps_the_lowest_validation_loss_whatever_the_auroc():
+    model = nn.Linear(1, 1)
+    stopper = EarlyStopping(model, patience=0, log=print, selection="loss")
+    play(stopper, model, [0.9, 0.95, 0.99, 0.7], losses=[0.6, 0.3, 0.5, 0.2 + 1e-3])
+    assert stopper.best_epoch_ == 4 and stopper.best_score_ == -(0.2 + 1e-3)
+
+
+def test_auroc_loss_selection_breaks_a_saturated_auroc_tie_by_the_loss():
+    model = nn.Linear(1, 1)
+    by_auroc = EarlyStopping(model, patience=0, log=print)
+    play(by_auroc, model, [1.0, 1.0, 1.0, 0.98], losses=[0.5, 0.2, 0.3, 0.1])
+    assert by_auroc.best_epoch_ == 1  # AUROC alone keeps the first epoch that reached 1
+    tied = EarlyStopping(model, patience=0, log=print, selection="auroc_loss")
+    play(tied, model, [1.0, 1.0, 1.0, 0.98], losses=[0.5, 0.2, 0.3, 0.1])
+    assert tied.best_epoch_ == 2  # the lowest loss among the tied epochs; a lower AUROC never wins
+    better = EarlyStopping(model, patience=0, log=print, selection="auroc_loss")
+    play(better, model, [0.8, 0.9], losses=[0.2, 0.4])
+    assert better.best_epoch_ == 2  # a higher AUROC wins even with a higher loss
+
+
+def test_patience_counts_epochs_without_a_better_loss_and_the_log_names_the_score():
+    model, messages = nn.Linear(1, 1), []
+    stopper = EarlyStopping(model, patience=2, log=messages.append, selection="loss")
+    assert play(stopper, model, [0.5, 0.9, 0.95, 0.99], losses=[0.3, 0.4, 0.35, 0.1]) == 3
+    stopper.on_fit_end(None)
+    assert model.weight.item() == 1.0 and messages == ["stopped early: validation loss has not improved for 2 epochs"]
+
+
+def test_a_checkpoint_without_the_best_loss_still_restores():
+    stopper = EarlyStopping(nn.Linear(1, 1), patience=3, log=print, selection="auroc_loss")
+    stopper.load_state_dict({"best_epoch": 2, "best_score": 0.9, "bad_epochs": 1})
+    assert stopper.best_loss_ == math.inf and stopper.state_dict()["best_epoch"] == 2

@@ -28,9 +28,10 @@ from medxfer.pipeline.training.trainer import Trainer, train
 
 def small(cohort, out: Path, **changes) -> TrainConfig:
     """A configuration that trains in seconds: 32-pixel inputs, two epochs, no workers, 200
-    bootstrap resamples for the report."""
+    bootstrap resamples for the report; a holdout run (test_crossfit.py covers cross-fitting)."""
     settings = {
-        "data": str(cohort.manifest), "out": str(out), "image_size": 32, "epochs": 2, "batch_size": 8,
+        "data": str(cohort.manifest), "out": str(out), "validation": "holdout", "image_size": 32, "epochs": 2,
+        "batch_size": 8,
         "cache_views": 2, "workers": 0, "augment": "light", "patience": 0, "bootstrap": 200,
     }
     settings.update(changes)
@@ -131,7 +132,7 @@ def test_resume_after_kill_9_of_the_command(reference, tmp_path):
     """The real thing: ``medxfer train`` killed with SIGKILL mid-run, then ``--resume``."""
     config, _ = reference
     settings = tmp_path / "small.yaml"
-    settings.write_text("cache_views: 2\nworkers: 0\naugment: light\npatience: 0\n")
+    settings.write_text("cache_views: 2\nworkers: 0\naugment: light\npatience: 0\nvalidation: holdout\n")
     args = ["--config", str(settings), "--data", config.data, "--epochs", "4", "--image-size", "32",
             "--batch-size", "8"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -312,7 +313,8 @@ def test_two_cpu_processes_match_one_process(cohort, tmp_path):
     """torchrun with 2 processes of batch 4 follows one process of batch 8 (no dropout, and the
     linear strategy has no BatchNorm layer in training, so the runs agree up to rounding)."""
     config = tmp_path / "ddp.yaml"
-    config.write_text("cache_views: 2\nworkers: 0\naugment: light\ndropout: 0.0\nstrategy: linear\npatience: 0\n")
+    config.write_text("cache_views: 2\nworkers: 0\naugment: light\ndropout: 0.0\nstrategy: linear\npatience: 0\n"
+                      "validation: holdout\n")
     common = ["--config", str(config), "--data", str(cohort.manifest), "--epochs", "2", "--image-size", "32"]
     assert main(["train", *common, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
@@ -377,7 +379,7 @@ def test_odd_file_names_train_skipped_files_are_listed_and_a_failed_start_leaves
     out = tmp_path / "run"
     config = small(cohort, out, data=str(data), layout="classes", skip_unreadable=True, epochs=1, bootstrap=0)
 
-    def broken(self, data):
+    def broken(self, *args):
         raise RuntimeError("out of memory while building the loop")
 
     with monkeypatch.context() as patch:
