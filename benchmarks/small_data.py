@@ -134,7 +134,8 @@ def extra_figures(out: Path, test_rows: list[Row], crossfit: bool) -> dict[str, 
     if failed:
         raise SystemExit(f"undecodable test images: {failed[:3]}")
     labels = np.array([run.classes.index(r["label"]) for r in test_rows])
-    temperature = float(run.decision.calibrator_.temperature_)
+    # 1 when the run's calibration fell back to none (a validation split it could not be fitted on)
+    temperature = float(getattr(run.decision.calibrator_, "temperature_", 1.0))
     logits = member_logits(run, images, jitter=not crossfit)
     np.savez_compressed(out / "test_logits.npz", logits=logits, labels=labels, temperature=temperature)
     if crossfit:
@@ -242,6 +243,34 @@ def markdown_table(results: dict[tuple[str, str, str], list[dict[str, float]]], 
     print(f"(each cell: holdout / {arm} (paired difference), mean +- sd over seeds; minutes: median paired ratio)")
 
 
+def markdown_extras(results: dict[tuple[str, str, str], list[dict[str, float]]], names: list[str],
+                    sizes: list[str]) -> None:
+    """The ensemble variants (crossfit-loss runs) and test-time augmentation (holdout runs) as
+    Markdown tables, mean +- sd over seeds."""
+    print("\n| set | per class | seeds | AUROC: ensemble / one member | ECE: mean of logits / mean of probabilities "
+          "/ one member / oracle T | oracle T / fitted T |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in names:
+        for size in sizes:
+            rows = results.get((name, size, "crossfit-loss"), [])
+            if rows:
+                print(f"| {name} | {size} | {len(rows)} | {mean_sd([r['test_auroc'] for r in rows])} / "
+                      f"{mean_sd([r['auroc_one_member'] for r in rows])} | "
+                      + " / ".join(mean_sd([r[k] for r in rows]) for k in
+                                   ("ece_mean_logits", "ece_mean_probs", "ece_one_member", "ece_oracle_t"))
+                      + f" | {mean_sd([r['oracle_t_over_t'] for r in rows])} |")
+    print("\n| set | per class | seeds | AUROC plain / TTA (paired difference) | ECE plain / TTA (paired difference) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in names:
+        for size in sizes:
+            rows = results.get((name, size, "holdout"), [])
+            if rows:
+                cells = [f"{mean_sd([r[a] for r in rows])} / {mean_sd([r[b] for r in rows])} "
+                         f"({mean_sd([r[b] - r[a] for r in rows])})" for a, b in (("test_auroc", "auroc_tta"),
+                                                                                  ("ece", "ece_tta"))]
+                print(f"| {name} | {size} | {len(rows)} | " + " | ".join(cells) + " |")
+
+
 def finished(out_root: Path, args: argparse.Namespace) -> dict[tuple[str, str, str], list[dict[str, float]]]:
     """The results of the runs already finished in ``out_root``, by (data set, size, arm), in seed order;
     a seed counts only when every arm of that size finished for it (the comparisons stay paired)."""
@@ -275,6 +304,7 @@ def main() -> None:
         print_tables(results, args.data, args.sizes, args.arms)
         for arm in args.arms[1:]:
             markdown_table(results, args.data, args.sizes, arm)
+        markdown_extras(results, args.data, args.sizes)
         return
     if args.quick:
         args.data, args.seeds, args.sizes, args.image_size = ["nih"], 1, ["25"], 64
@@ -301,7 +331,7 @@ def main() -> None:
                         results.setdefault((name, size, arm), []).append(r)
                         print(f"{name:<8} seed {seed} {size:>4}/class {arm:<19} pool {len(pool):>4} val {r['n_val']:>4} "
                               f"test {len(test_rows)}: AUROC {r['test_auroc']:.3f} acc {r['accuracy']:.3f} "
-                              f"bal {r['balanced_accuracy']:.3f} ECE {r['ece']:.3f} T {r['temperature']:.2f} "
+                              f"bal {r['balanced_accuracy']:.3f} ECE {r['ece']:.3f} T {r['temperature'] or 1.0:.2f} "
                               f"{r['minutes']:.1f} min", flush=True)
     finally:
         if args.out is None:
