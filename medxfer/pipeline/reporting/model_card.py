@@ -72,8 +72,8 @@ def _crossfit(metrics: Metrics) -> str:
         return ""
     epochs = ", ".join(str(row["best_epoch"]) for row in crossfit["per_fold"])
     return (f"an ensemble of {crossfit['folds']} networks, one per patient-grouped cross-fitting fold of the non-test "
-            f"images, their logits averaged; each fold's epoch (kept: {epochs}) chosen on the fold it held out; "
-            "calibration and threshold fitted on the out-of-fold logits")
+            f"images, their logits averaged (kept epochs: {epochs}); calibration and threshold fitted on the "
+            "out-of-fold logits")
 
 
 def model_card_context(metrics: Metrics, *, config: Mapping[str, Any], environment: Mapping[str, Any]) -> dict:
