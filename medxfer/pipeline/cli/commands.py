@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags = {
         "data": args.data, "out": args.out, "backbone": args.backbone, "weights": args.weights,
         "strategy": args.strategy, "adapt": args.adapt, "target_data": args.target_data,
-        "augment": args.augment, "epochs": args.epochs, "image_size": args.image_size,
+        "augment": args.augment, "validation": args.validation, "epochs": args.epochs, "image_size": args.image_size,
         "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
     }
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}

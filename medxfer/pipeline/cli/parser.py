@@ -23,6 +23,7 @@ from medxfer.pipeline.cli.commands import (
     cmd_split,
     cmd_train,
 )
+from medxfer.pipeline.runs.config_settings import AUTO_CROSSFIT_IMAGES
 
 DESCRIPTION = """\
 medxfer turns a small set of labelled scans (DICOM, NIfTI, PNG/JPEG/TIFF) into a classifier you
@@ -122,7 +123,10 @@ def _add_augment_preview(sub: argparse._SubParsersAction) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a classifier on a labelled dataset",
                        description="Fine-tune an ImageNet-pretrained backbone on class folders or a manifest, "
-                                   "split by patient, with early stopping on validation AUROC. Settings come from "
+                                   f"split by patient: sets of up to {AUTO_CROSSFIT_IMAGES:,} non-test images are "
+                                   "cross-fitted "
+                                   "(validation: auto; 5 patient-grouped folds whose networks form the model), larger "
+                                   "ones hold out a validation split. Settings come from "
                                    "--config FILE (YAML) and the flags below, which override it; every other "
                                    "setting is listed in docs/reference/configuration.md. Writes RUN_DIR/config.yaml, model.safetensors, "
                                    "model.json, history.csv, splits.csv, environment.json, calibration.json, "
@@ -137,6 +141,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapt", choices=("none", "adabn", "dann"), help="domain adaptation to --target-data")
     p.add_argument("--target-data", type=Path, help="unlabelled scans from the site to adapt to")
     p.add_argument("--augment", choices=PRESET_CHOICES, help="augmentation preset (default: standard)")
+    p.add_argument("--validation", choices=("auto", "holdout", "crossfit"),
+                   help="holdout (one validation split), crossfit (patient-grouped folds, their networks the model) "
+                        f"or auto (default: crossfit up to {AUTO_CROSSFIT_IMAGES:,} non-test images)")
     p.add_argument("--epochs", type=_epochs, help="auto or a number (default: auto, chosen from the data size)")
     p.add_argument("--image-size", type=positive, help="network input side in pixels")
     p.add_argument("--batch-size", type=positive, help="images per batch (per process under torchrun)")
@@ -150,7 +157,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a trained run on another labelled set (external validation)",
                        description="Score every scan of a labelled folder or manifest with a finished run, using "
-                                   "the calibration and threshold fitted on the run's validation split, unchanged. "
+                                   "the calibration and threshold fitted on the run's validation data (its validation split, or "
+                                   "the out-of-fold predictions of a cross-fitted run), unchanged. "
                                    "Writes metrics.json, report.html, model_card.md, predictions.csv and "
                                    "environment.json (and unreadable.csv for files that could not be read) into "
                                    "--out. Bootstrap intervals resample patients when patient ids exist.")
@@ -202,7 +210,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="decoding processes (default: auto, at least 1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--threshold", type=_threshold, default="validated",
-                   help="'validated' (the run's, chosen on its validation split) or a probability for the "
+                   help="'validated' (the run's, chosen on its validation data: its validation split or, cross-fitted, "
+                        "its out-of-fold predictions) or a probability for the "
                         "positive class (default: validated)")
     p.add_argument("--slices", action="store_true",
                    help="score every slice of a volume (NIfTI, multi-frame DICOM) instead of the one 2D image "

@@ -1,6 +1,6 @@
 """External validation (``medxfer evaluate RUN_DIR --data PATH``): a trained run scored on another
-labelled set with the calibration and the threshold fitted on the run's own validation split,
-unchanged, so that the figures say how the model as shipped does on new data.
+labelled set with the calibration and the threshold fitted on the run's own validation data (its
+validation split, or the out-of-fold predictions of a cross-fitted run), unchanged, so that the figures say how the model as shipped does on new data.
 
 Every image of the new set is a test image (a manifest's split column is ignored). Files that
 cannot be read are skipped and listed in ``unreadable.csv``; the scans are prepared exactly as

@@ -11,8 +11,8 @@ parses) and gives:
   the members' logits, which the calibration was fitted for);
 - ``spec`` and ``decode_settings``: the input the networks take and how a scan is decoded for them
   (window, volume strategy), the same for every command;
-- ``decision``: the calibration and the operating threshold fitted on the run's validation split
-  (an ``Evaluator``); ``probabilities`` applies the calibration to logits;
+- ``decision``: the calibration and the operating threshold fitted on the run's validation split,
+  or on the out-of-fold logits of a cross-fitted run (an ``Evaluator``); ``probabilities`` applies the calibration to logits;
 - ``classes``, ``recipe`` (``model.json``), ``config``, ``metrics`` (``metrics.json``),
   ``history`` (``history.csv``) and the SHA-256 of the files a prediction depends on. The
   configuration and the metrics are parsed when first used (``predict`` and ``export`` need

@@ -13,12 +13,11 @@ from medxfer.pipeline.training.loop import Callback, TrainingLoop
 class History(Callback):
     """Appends each epoch's row (``EpochRecord.row``) to ``rows_`` and, when ``write`` (rank 0),
     rewrites ``path`` with every row so far (floats to 6 significant digits). A cross-fitted run
-    sets ``fold`` (0-based) for each fold's history: its rows then open with a 1-based ``fold``
+    gives each fold's history its ``fold`` (0-based): its rows then open with a 1-based ``fold``
     column, and the run writes every fold's rows with ``save`` once the folds are trained."""
 
-    def __init__(self, path: Path, *, write: bool) -> None:
-        self.path, self.write = path, write
-        self.fold: int | None = None
+    def __init__(self, path: Path, *, write: bool, fold: int | None = None) -> None:
+        self.path, self.write, self.fold = path, write, fold
         self.rows_: list[dict[str, float]] = []
 
     def on_epoch_end(self, loop: TrainingLoop, record: EpochRecord) -> None:

@@ -62,8 +62,8 @@ def cached_part(model: XrayClassifier, frozen: int) -> str:
 def auto_epochs(n_train: int) -> int:
     """Epochs when the configuration says ``auto``: about 6,000 image passes, at least 5 and
     at most 30 epochs (30 for 200 training images, 9 for 700, 5 from 1,200 on). On the NIH set
-    (715 training images) the default settings peaked at epoch 2 and early stopping ended the
-    runs at epoch 7; small sets need more passes for the same number of optimiser steps, and
+    (715 training images) holdout runs with the default settings peaked at epoch 2 and early
+    stopping ended them at epoch 7; small sets need more passes for the same number of optimiser steps, and
     large ones fewer epochs to stay within 15 minutes for 5,000 images on 2 cores."""
     return int(min(30, max(5, math.ceil(6000 / max(n_train, 1)))))
 

@@ -10,8 +10,9 @@ Reproducible: every random choice (batch order, augmentation, dropout) is drawn 
 derived from (run seed, epoch, ...), so a run resumed from its checkpoint after epoch k ends
 exactly where an uninterrupted run would, on the same machine.
 
-Distributed (``torchrun``): with N processes of batch size B the loop follows the schedule of
-one process with batch size N x B (see ``batches`` and ``steps``). Differences left: BatchNorm
+Distributed (``torchrun``): in a holdout run, N processes of batch size B follow the schedule of
+one process with batch size N x B (see ``batches`` and ``steps``); a cross-fitted run shares its
+folds out instead, each trained by one process alone (``_train_folds``). Differences left: BatchNorm
 layers that train use the statistics of their process's slice, not of the global batch; dropout
 masks are drawn per process; sums are taken in another order.
 """
@@ -150,10 +151,8 @@ class Trainer:
                          selection=resolve_selection(config.selection, crossfit=bool(data.n_folds)))
         self.config = config = resolve_auto(config, model, frozen, n_train, data.images[0], plain)
         self.run_dir.write_setup(config, scans, self.device, folds=data.folds)
-        model.to(self.device)
-        if config.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return Prepared(model, spec, plain, XrayPipeline(spec, augmentation_from_config(config.augment)), frozen, data)
+        augment = XrayPipeline(spec, augmentation_from_config(config.augment))
+        return Prepared(self._placed(model), spec, plain, augment, frozen, data)
 
     def build_inputs(self, prepared: Prepared, data: TrainingData | None = None) -> LoopInputs:
         """What feeds the trainable part (``prefix_cache``) for ``data`` (default: the run's),
@@ -169,10 +168,12 @@ class Trainer:
                             augment=prepared.augment, views=config.cache_views, seed=config.seed,
                             dann=config.adapt == "dann", execution=self.execution, log=self.log)
 
-    def build_loop(self, model: XrayClassifier, inputs: LoopInputs, n_classes: int) -> LoopParts:
+    def build_loop(self, model: XrayClassifier, inputs: LoopInputs, n_classes: int,
+                   execution: Execution | None = None) -> LoopParts:
         """The trainable part fed by ``inputs`` (wrapped in DistributedDataParallel under
-        torchrun), the optimiser, the batch schedule and the step."""
-        config, execution = self.config, self.execution
+        torchrun), the optimiser, the batch schedule and the step, computed as ``execution`` says
+        (default: the run's; a fold trained by one process alone passes a single-process one)."""
+        config, execution = self.config, execution or self.execution
         domain = DomainClassifier(model.info.feature_dim).to(self.device) if config.adapt == "dann" else None
         net = TrainableNet(inputs.suffix, model.head, domain)
         optimizer = build_optimizer(model, domain, lr=config.lr, layer_decay=config.layer_decay,
@@ -192,20 +193,21 @@ class Trainer:
                              epochs=config.epochs, execution=execution)
         return LoopParts(inputs, domain, runner, batches)
 
-    def fit(self, model: XrayClassifier, parts: LoopParts, history: History, *, fold: int | None = None) -> Fitted:
+    def fit(self, model: XrayClassifier, parts: LoopParts, history: History, *, fold: int | None = None,
+            log: Callable[[str], None] | None = None) -> Fitted:
         """Train ``model`` with ``parts`` until the last epoch or early stopping (resuming from the
         checkpoint when the run resumes and it is this ``fold``'s); ``model`` ends with the kept
-        epoch's weights."""
-        config = self.config
-        early_stopping = EarlyStopping(model, patience=config.patience, log=self.log, selection=config.selection)
+        epoch's weights. Progress goes to ``log`` (default: the run's, rank 0 only)."""
+        config, log = self.config, log or self.log
+        early_stopping = EarlyStopping(model, patience=config.patience, log=log, selection=config.selection)
         loop = TrainingLoop(parts.runner, parts.batches, parts.inputs.val, [], epochs=config.epochs,
-                            dist=self.execution.dist)
+                            dist=parts.runner.execution.dist)
         checkpointing = Checkpointing(self.run_dir.file(CHECKPOINT_FILE), model=model, domain=parts.domain,
                                       optimizer=parts.runner.optimisation.optimizer, early_stopping=early_stopping,
                                       stateful=[loop, history], write=self._writes, fold=fold)
-        loop.callbacks = [early_stopping, ProgressLog(self.log, early_stopping), history, checkpointing]
+        loop.callbacks = [early_stopping, ProgressLog(log, early_stopping), history, checkpointing]
         if self.run_dir.resume:
-            checkpointing.restore(self.log, config.epochs)
+            checkpointing.restore(log, config.epochs)
         steps = parts.runner.schedule.steps
         parts.runner.optimisation.start(warmup=round(config.warmup_epochs * steps), total=config.epochs * steps,
                                         first_step=loop.epoch * steps)
@@ -243,23 +245,22 @@ class Trainer:
         data, dist = prepared.data, self.execution.dist
         k = data.n_folds
         shared = self.build_inputs(prepared, replace(data, by_split={**data.by_split, "val": data.by_split["train"]}))
-        trained: dict[int, XrayClassifier] = {}
+        trained: dict[int, tuple[XrayClassifier, Fitted, list[dict[str, float]]]] = {}
         for fold in dist.shard(k):
             if not self.run_dir.file(FOLD_FILE.format(fold + 1)).is_file():
                 trained[fold] = self._train_fold(prepared, shared, fold)
         dist.barrier()
-        members, fitted, rows = [], [], []
-        for fold in range(k):
+        for fold in set(range(k)) - set(trained):  # another process's folds, or those finished before a resume
             parts, state = load_checkpoint(self.run_dir.file(FOLD_FILE.format(fold + 1)))
-            if fold not in trained:
-                trained[fold] = prepared.model if fold == 0 else self._network(len(data.classes))
-                trained[fold].load_state_dict(parts["model"])
-                self.log(f"fold {fold + 1}/{k}: trained " + ("by another process" if dist.enabled
-                                                             else "before the interruption")
-                         + f" (epoch {state['fitted']['best_epoch']} kept)")
-            members.append(trained[fold])
-            fitted.append(Fitted(**state["fitted"]))
-            rows += state["history"]
+            model = prepared.model if fold == 0 else self._placed(build_network(self.config, len(data.classes)))
+            model.load_state_dict(parts["model"])
+            trained[fold] = model, Fitted(**state["fitted"]), state["history"]
+            self.log(f"fold {fold + 1}/{k}: trained " + ("by another process" if dist.enabled
+                                                         else "before the interruption")
+                     + f" (epoch {trained[fold][1].best_epoch} kept)")
+        members = [trained[fold][0] for fold in range(k)]
+        fitted = [trained[fold][1] for fold in range(k)]
+        rows = [row for fold in range(k) for row in trained[fold][2]]
         if self._writes:
             History(self.run_dir.file(HISTORY_FILE), write=True).save(rows)  # every fold's, in fold order
         cached = shared.val.views[0] if shared.val.views is not None else None
@@ -269,46 +270,45 @@ class Trainer:
         return TrainResult(self.run_dir.path, 0, max(f.epochs_run for f in fitted), oof_auroc, rows,
                            folds=tuple(fitted))
 
-    def _train_fold(self, prepared: Prepared, shared: LoopInputs, fold: int) -> XrayClassifier:
-        """Train fold ``fold``'s network from the ``shared`` inputs (in this process alone under
-        torchrun) and store it with its history; returns it with its kept weights."""
-        data, k, whole = prepared.data, prepared.data.n_folds, self.execution
-        model = prepared.model if fold == 0 else self._network(len(data.classes))
-        if whole.dist.enabled:  # this process trains the fold alone: no gradient exchange, its own lines
-            self.execution = replace(whole, dist=Distributed())
-        try:
-            train_rows, held_out = data.fold_positions(fold)
-            suffix = split_backbone(model, prepared.frozen)[1] if prepared.frozen else model.backbone
-            parts = self.build_loop(model, LoopInputs(suffix, shared.train.subset(train_rows),
-                                                      shared.val.subset(held_out), None), len(data.classes))
-            self.log_start(prepared, parts, fold=f"fold {fold + 1}/{k}: ")
-            history = History(self.run_dir.file(HISTORY_FILE), write=False)
-            history.fold = fold
-            fitted = self.fit(model, parts, history, fold=fold)
-            self.log(f"fold {fold + 1}/{k}: kept the weights of epoch {fitted.best_epoch} (held-out AUROC "
-                     f"{shown(fitted.val_auroc)}; chosen on {SCORE_WORDS[self.config.selection]})")
-            save_checkpoint(self.run_dir.file(FOLD_FILE.format(fold + 1)), {"model": model.state_dict()},
-                            {"fitted": vars(fitted), "history": history.rows_})
-        finally:
-            self.execution = whole
-        return model
+    def _train_fold(self, prepared: Prepared, shared: LoopInputs,
+                    fold: int) -> tuple[XrayClassifier, Fitted, list[dict[str, float]]]:
+        """Train fold ``fold``'s network from the ``shared`` inputs and store it with its history
+        (``FOLD_FILE``); returns it with its kept weights, how it was fitted and its history rows.
+        Under torchrun this process trains the fold alone (no gradient exchange) and logs its lines."""
+        data, k = prepared.data, prepared.data.n_folds
+        model = prepared.model if fold == 0 else self._placed(build_network(self.config, len(data.classes)))
+        alone = replace(self.execution, dist=Distributed()) if self.execution.dist.enabled else self.execution
+        train_rows, held_out = data.fold_positions(fold)
+        suffix = split_backbone(model, prepared.frozen)[1] if prepared.frozen else model.backbone
+        parts = self.build_loop(model, LoopInputs(suffix, shared.train.subset(train_rows), shared.val.subset(held_out),
+                                                  None), len(data.classes), alone)
+        self.log_start(prepared, parts, fold=f"fold {fold + 1}/{k}: ", log=self._log)
+        history = History(self.run_dir.file(HISTORY_FILE), write=False, fold=fold)
+        fitted = self.fit(model, parts, history, fold=fold, log=self._log)
+        self._log(f"fold {fold + 1}/{k}: kept the weights of epoch {fitted.best_epoch} (held-out AUROC "
+                  f"{shown(fitted.val_auroc)}; chosen on {SCORE_WORDS[self.config.selection]})")
+        save_checkpoint(self.run_dir.file(FOLD_FILE.format(fold + 1)), {"model": model.state_dict()},
+                        {"fitted": vars(fitted), "history": history.rows_})
+        return model, fitted, history.rows_
 
-    def _network(self, n_classes: int) -> XrayClassifier:
-        """A new network as the configuration builds it, on the run's device."""
-        model = build_network(self.config, n_classes).to(self.device)
+    def _placed(self, model: XrayClassifier) -> XrayClassifier:
+        """``model`` on the run's device, in channels-last memory when the configuration asks."""
+        model.to(self.device)
         if self.config.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
 
-    def log_start(self, prepared: Prepared, parts: LoopParts, fold: str = "") -> None:
-        """The run's (or a fold's, ``fold`` naming it) opening line: classes, images, network, epochs."""
-        config, dist = self.config, self.execution.dist
+    def log_start(self, prepared: Prepared, parts: LoopParts, fold: str = "",
+                  log: Callable[[str], None] | None = None) -> None:
+        """The run's (or a fold's, ``fold`` naming it) opening line to ``log`` (default: the run's):
+        classes, images, network, epochs."""
+        config, dist, log = self.config, parts.runner.execution.dist, log or self.log
         classes = prepared.data.classes
-        self.log(f"{fold}training {len(classes)} classes ({', '.join(classes)}) on {len(parts.inputs.train)} images, "
-                 f"validating on {len(parts.inputs.val)}: {config.backbone}, {config.strategy}"
-                 + (f", {cached_part(prepared.model, prepared.frozen)} cached" if prepared.frozen else "")
-                 + f", up to {config.epochs} epochs of {parts.runner.schedule.steps} batches, {self.device}"
-                 + (f" x {dist.world_size}" if dist.enabled else ""))
+        log(f"{fold}training {len(classes)} classes ({', '.join(classes)}) on {len(parts.inputs.train)} images, "
+            f"validating on {len(parts.inputs.val)}: {config.backbone}, {config.strategy}"
+            + (f", {cached_part(prepared.model, prepared.frozen)} cached" if prepared.frozen else "")
+            + f", up to {config.epochs} epochs of {parts.runner.schedule.steps} batches, {self.device}"
+            + (f" x {dist.world_size}" if dist.enabled else ""))
 
 
 def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:

@@ -295,6 +295,22 @@ def test_ctrl_c_says_how_to_continue_instead_of_a_traceback(monkeypatch, capsys,
     assert "interrupted" in error and "--resume" in error and "Traceback" not in error
 
 
+def test_train_validation_flag_chooses_the_protocol_and_auto_is_the_default(monkeypatch, cohort, tmp_path):
+    from medxfer.pipeline.training import trainer as training
+
+    seen = []
+
+    def record(config, **kwargs):
+        seen.append(config.validation)
+        raise ValueError("recorded, not trained")
+
+    monkeypatch.setattr(training, "train", record)
+    for flags in (["--validation", "holdout"], ["--validation", "crossfit"], []):
+        assert main(["train", "--data", str(cohort.manifest), "--out", str(tmp_path / "run"), *flags]) == 1
+    assert seen == ["holdout", "crossfit", "auto"]
+    assert run("train", "--validation", "kfold").returncode == 2
+
+
 def test_split_lists_the_files_it_skips_and_names_with_control_characters_stay_on_one_line(tmp_path, cohort, capsys):
     data = tmp_path / "data"
     shutil.copytree(cohort.root / "images", data / "normal")

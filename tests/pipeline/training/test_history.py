@@ -27,3 +27,12 @@ def test_other_processes_write_nothing_and_state_round_trips(tmp_path):
     history.on_epoch_end(None, record(2))
     assert not (tmp_path / "history.csv").exists()
     assert history.state_dict() == {"history": [record(1).row(), record(2).row()]}
+
+
+def test_a_folds_rows_open_with_its_one_based_fold_and_save_writes_them_together(tmp_path):
+    folds = [History(tmp_path / "history.csv", write=False, fold=fold) for fold in (0, 1)]
+    for history in folds:
+        history.on_epoch_end(None, record(1))
+    assert list(folds[1].rows_[0])[:2] == ["fold", "epoch"] and folds[1].rows_[0]["fold"] == 2
+    History(tmp_path / "history.csv", write=True).save(folds[0].rows_ + folds[1].rows_)
+    assert [(row["fold"], row["epoch"]) for row in read_csv(tmp_path / "history.csv")] == [("1", "1"), ("2", "1")]
