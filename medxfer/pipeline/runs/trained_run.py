@@ -8,7 +8,9 @@ parses) and gives:
 
 - ``networks``: the trained network(s), in eval mode: one for a holdout run, the K fold networks
   of a cross-fitted run (an ensemble); ``logits`` is the one place that combines them (the mean of
-  the members' logits, which the calibration was fitted for);
+  the members' logits, which the calibration was fitted for). Members whose first stages hold the
+  same weights (the frozen prefix of ``linear`` and ``partial``, never trained) share one pass
+  through them;
 - ``spec`` and ``decode_settings``: the input the networks take and how a scan is decoded for them
   (window, volume strategy), the same for every command;
 - ``decision``: the calibration and the operating threshold fitted on the run's validation split,
@@ -41,6 +43,7 @@ from medxfer.pipeline.decoding.scans import DecodeSettings
 from medxfer.pipeline.evaluation.decision import Evaluator
 from medxfer.pipeline.evaluation.schema import Metrics
 from medxfer.pipeline.models.classifier import XrayClassifier
+from medxfer.pipeline.models.prefix import split_backbone
 from medxfer.pipeline.runs.config import TrainConfig, load_config
 from medxfer.pipeline.runs.files import (
     CALIBRATION_FILE,
@@ -158,8 +161,14 @@ class TrainedRun:
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) of network inputs (N, C, S, S) on the networks' device: the one network's,
-        or the mean of the members' for an ensemble."""
-        return combined_logits(self.networks, images)
+        or the mean of the members' for an ensemble (the same as ``combined_logits``, with the
+        members' shared prefix run once)."""
+        return combined_logits(self.networks, images, self.shared_prefix)
+
+    @cached_property
+    def shared_prefix(self) -> SharedPrefix | None:
+        """The members' shared prefix (``find_shared_prefix``), found when first needed."""
+        return find_shared_prefix(self.networks)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (N, K), each in [0, 1], of logits (N, K)."""
@@ -183,12 +192,44 @@ class TrainedRun:
                 for row in read_csv(path)]
 
 
-def combined_logits(networks: Sequence[nn.Module], images: torch.Tensor) -> torch.Tensor:
+SharedPrefix = tuple[nn.Module, tuple[nn.Module, ...]]  # (prefix run once, each member's suffix)
+
+
+def find_shared_prefix(networks: Sequence[XrayClassifier]) -> SharedPrefix | None:
+    """For an ensemble, the longest backbone prefix (``split_backbone``) whose weights and buffers
+    are equal in every member, and each member's suffix; None for one network or when the members
+    share no stage. Equal weights in eval mode compute equal outputs, so running the prefix once
+    changes nothing but the time: K - 1 fewer passes through it."""
+    if len(networks) < 2:
+        return None
+    for stages in range(len(networks[0].info.stages) + 1, 0, -1):
+        try:
+            halves = [split_backbone(network, stages) for network in networks]
+        except ValueError:  # a backbone without a usable stage sequence: no prefix to share
+            return None
+        first = halves[0][0].state_dict()
+        if all(_equal_states(first, prefix.state_dict()) for prefix, _ in halves[1:]):
+            return halves[0][0], tuple(suffix for _, suffix in halves)
+    return None
+
+
+def _equal_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def combined_logits(networks: Sequence[nn.Module], images: torch.Tensor,
+                    shared: SharedPrefix | None = None) -> torch.Tensor:
     """The logits (N, K) of a run's networks on ``images`` (N, C, S, S): the one network's own,
-    or the mean of an ensemble's members'."""
+    or the mean of an ensemble's members', each run whole or, given their ``shared`` prefix
+    (``find_shared_prefix``), from one pass through it."""
     if len(networks) == 1:
         return networks[0](images)
-    return torch.stack([network(images) for network in networks]).mean(dim=0)
+    if shared is None:
+        return torch.stack([network(images) for network in networks]).mean(dim=0)
+    prefix, suffixes = shared
+    features = prefix(images)
+    return torch.stack([network.head(suffix(features))
+                        for network, suffix in zip(networks, suffixes, strict=True)]).mean(dim=0)
 
 
 class CalibratedClassifier(nn.Module):

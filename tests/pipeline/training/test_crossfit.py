@@ -16,11 +16,13 @@ from medxfer.datasets import assign_splits, load_labelled
 from medxfer.pipeline.cli.main import main
 from medxfer.pipeline.decoding.scans import decode_all
 from medxfer.pipeline.inference.export import export_run
+from medxfer.pipeline.models.prefix import frozen_stage_count, split_backbone
 from medxfer.pipeline.runs.config import ConfigError, load_config
 from medxfer.pipeline.runs.files import CHECKPOINT_FILE, FOLD_FILE
-from medxfer.pipeline.runs.trained_run import TrainedRun
+from medxfer.pipeline.runs.trained_run import TrainedRun, combined_logits
 from medxfer.pipeline.statistics.scoring import macro_auroc, ranking_scores
 from medxfer.pipeline.training.data import resolve_validation
+from medxfer.pipeline.training.network import build_network
 from medxfer.pipeline.training.trainer import train
 from medxfer.transforms.pipeline import XrayPipeline
 
@@ -176,6 +178,24 @@ def test_the_ensemble_predicts_evaluates_and_exports_the_python_apis_numbers(cro
     with torch.no_grad():
         assert np.abs(exported(x).numpy() - expected).max() < 1e-5
     assert json.loads((tmp_path / "model.pt.json").read_text(encoding="utf-8"))["networks"] == FOLDS
+
+
+def test_the_members_share_one_pass_through_their_frozen_prefix_and_nothing_else(crossfitted, cohort):
+    out, _, _ = crossfitted
+    run = TrainedRun.load(out)
+    frozen = frozen_stage_count(build_network(run.config, len(run.classes)))  # what the strategy froze
+    prefix, suffixes = run.shared_prefix
+    assert frozen > 0 and len(suffixes) == FOLDS
+    assert prefix.state_dict().keys() == split_backbone(run.networks[0], frozen)[0].state_dict().keys()
+    x = network_inputs(run, split_rows(out, cohort.manifest.parent)[1][:6])
+    with torch.no_grad():
+        assert torch.allclose(run.logits(x), combined_logits(run.networks, x), atol=1e-6)
+
+    changed = TrainedRun.load(out)  # a member whose stem differs: no stage is shared, every member runs whole
+    with torch.no_grad():
+        next(changed.networks[1].parameters()).add_(1e-3)
+        assert changed.shared_prefix is None
+        assert torch.equal(changed.logits(x), combined_logits(changed.networks, x))
 
 
 def test_a_killed_crossfitted_run_resumes_to_the_same_ensemble(crossfitted, cohort, tmp_path):
